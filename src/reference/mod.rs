@@ -1,0 +1,9 @@
+//! The reference every GPU GEMM is tested against: GEMMs accumulated in f64 from exactly decoded
+//! operands, the f32 accumulation bound a kernel must stay within, and seeded synthetic data.
+//!
+//! Depends on [`crate::format`] and [`crate::quant`]; no FFI, no GPU.
+
+pub mod gemm;
+pub mod synthetic;
+
+pub use gemm::{GemmReference, gemm_f32, gemm_w4a4, gemm_w4a16, gamma};
