@@ -6,6 +6,7 @@
 //! - [`format`]: the scalar codecs (E2M1, E4M3/UE4M3, UE8M0), nibble packing, block-scale layouts.
 //! - [`quant`]: [`Nvfp4Tensor`] and the bit-exact CPU quantizer/dequantizer (ModelOpt's formula).
 //! - [`reference`]: f64-accumulated GEMMs, the specification every GPU GEMM is tested against.
+//! - [`cuda`] and [`ops`]: the GPU side (kernels embedded at build time, loaded through cudarc).
 //!
 //! ```
 //! use nvfp4::quant::{quantize, dequantize, QuantizeOptions};
@@ -15,8 +16,10 @@
 //! assert_eq!(back.len(), 64);
 //! ```
 
+pub mod cuda;
 pub mod error;
 pub mod format;
+pub mod ops;
 pub mod quant;
 pub mod reference;
 

@@ -25,7 +25,7 @@ pub enum GlobalScale {
     /// From the tensor's own absolute maximum (weights).
     FromAmax(GlobalScaleRule),
     /// Given by the caller in the decode convention, e.g. a checkpoint's `input_scale` for activations.
-    /// Values beyond `2688 * scale` saturate to ±6.
+    /// Values beyond `2688 * scale` saturate to ±6 (block scales are capped at 448).
     Given(f32),
 }
 
@@ -59,9 +59,11 @@ pub struct QuantizeOptions {
     pub non_finite: NonFinite,
     /// Pad K up to a multiple of 16 with zeros instead of refusing it.
     pub pad_k: bool,
-    /// Clamp block scales to [2^-9, 448] (ModelOpt since 2026-05). Without the clamp (older exports) a
-    /// block whose scale is below 2^-10 gets scale byte 0x00, and quantize fails if the global scale
-    /// underflows to zero (the scale byte would be NaN).
+    /// Raise block scales to at least 2^-9 (ModelOpt since 2026-05). Without it (older exports) a block
+    /// whose scale is below 2^-10 gets scale byte 0x00. Either way scales are capped at 448: a scale
+    /// can only exceed it when a given global scale is too small for the data (or the global scale
+    /// underflowed to 0), where ModelOpt's formula would write the NaN byte 0x7F; here the block
+    /// saturates instead, and its values beyond `6 * 448 * global_scale` encode as ±6.
     pub clamp_scale: bool,
 }
 
@@ -123,6 +125,25 @@ fn abs_bits(x: f32) -> i32 {
 
 const INF_BITS: i32 = 0x7F80_0000;
 
+/// K rounded up to a multiple of 16, or [`Error::ShapeOverflow`] when that (or the padded tensor)
+/// does not fit in `usize`.
+pub(crate) fn padded_k(name: &str, rows: usize, cols: usize) -> Result<usize> {
+    let overflow = || Error::ShapeOverflow { name: name.to_string(), shape: vec![rows, cols] };
+    let cols_padded = cols.checked_next_multiple_of(BLOCK).ok_or_else(overflow)?;
+    rows.checked_mul(cols_padded).ok_or_else(overflow)?;
+    Ok(cols_padded)
+}
+
+/// A given global scale must be finite and non-negative; -0.0 is refused too, since dividing by it
+/// would flip the sign of every code.
+pub(crate) fn check_given_scale(name: &str, s: f32) -> Result<()> {
+    if s.is_finite() && !s.is_sign_negative() {
+        Ok(())
+    } else {
+        Err(Error::invalid(name, format!("given global scale {s} must be finite and +0.0 or more")))
+    }
+}
+
 /// The global scale (decode convention) for a tensor whose absolute maximum is `amax`.
 pub fn global_scale_from_amax(amax: f32, rule: GlobalScaleRule) -> f32 {
     match rule {
@@ -155,8 +176,10 @@ fn quantize_block<const MODELOPT: bool>(x: &[f32; BLOCK], s2: f32, clamp: bool, 
         s = 1.0;
     }
     if clamp {
-        s = s.clamp(SCALE_MIN, e4m3::MAX);
+        s = s.max(SCALE_MIN);
     }
+    // The upper bound holds with or without the clamp, so no scale byte is ever NaN.
+    s = s.min(e4m3::MAX);
     let sf = e4m3::encode_f32(s, e4m3::Overflow::NonSaturating);
     let d = e4m3::decode_f32(sf) * s2;
     // The element loop works on 32-bit lanes only (f32 values, i32 masks and codes) so it vectorizes;
@@ -229,8 +252,7 @@ pub fn quantize<T: Element>(
             "the last dimension (K) must be a multiple of 16 (or quantize with pad_k)",
         ));
     }
-    let cols_padded = cols.div_ceil(BLOCK) * BLOCK;
-    element_count(name, &[rows, cols_padded])?;
+    let cols_padded = padded_k(name, rows, cols)?;
 
     let (m, first_bad) = amax(data);
     if let (NonFinite::Error, Some(index)) = (opts.non_finite, first_bad) {
@@ -246,9 +268,7 @@ pub fn quantize<T: Element>(
     let s2 = match opts.global_scale {
         GlobalScale::FromAmax(rule) => global_scale_from_amax(m, rule),
         GlobalScale::Given(s) => {
-            if !s.is_finite() || s < 0.0 {
-                return Err(Error::invalid(name, format!("given global scale {s} must be finite and >= 0")));
-            }
+            check_given_scale(name, s)?;
             s
         }
     };
@@ -259,14 +279,6 @@ pub fn quantize<T: Element>(
     match opts.zero_sign {
         ZeroSign::ModelOpt => fill::<T, true>(data, cols, cols_padded, s2, opts.clamp_scale, &mut codes, &mut scales),
         ZeroSign::Hardware => fill::<T, false>(data, cols, cols_padded, s2, opts.clamp_scale, &mut codes, &mut scales),
-    }
-    if let Some(i) = scales.iter().position(|&b| e4m3::decode_f32(b).is_nan()) {
-        return Err(Error::invalid(
-            name,
-            format!(
-                "block scale {i} overflowed E4M3 (global scale {s2} underflowed): quantize with clamp_scale"
-            ),
-        ));
     }
     if opts.scale_layout != ScaleLayout::Linear {
         scales = scale_layout::convert(&scales, rows, block_cols, ScaleLayout::Linear, opts.scale_layout)?;

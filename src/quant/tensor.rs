@@ -67,7 +67,7 @@ impl Nvfp4Tensor {
         if self.scales.len() != scale_bytes {
             return Err(Error::length(&format!("{name}.scales"), &shape, scale_bytes, self.scales.len()));
         }
-        if !self.global_scale.is_finite() || self.global_scale < 0.0 {
+        if !self.global_scale.is_finite() || self.global_scale.is_sign_negative() {
             return Err(Error::invalid(
                 name,
                 format!("global scale {} must be finite and non-negative", self.global_scale),

@@ -1,8 +1,9 @@
 //! `C[M, N] = A[M, K] · W[N, K]^T`, accumulated in f64 from operands decoded exactly.
 //!
 //! NVFP4 operands are decoded to their exact real values (`e2m1 * e4m3 * global_scale` needs at most
-//! 30 significant bits, so the f64 product is exact) rather than through the f32 dequantizer, so the
-//! reference is the mathematical product and a GPU kernel's distance from it is all rounding.
+//! 30 significant bits, so the f64 value is exact) rather than through the f32 dequantizer. Products
+//! of two decoded operands can need 60 bits, so the f64 accumulation rounds at 2^-53 relative: a
+//! distance from the mathematical product far below any f32 kernel's, which the bound absorbs.
 
 use rayon::prelude::*;
 
@@ -27,9 +28,12 @@ pub struct GemmReference {
 
 /// Higham's `γ_k = k·u / (1 − k·u)` for f32 (`u = 2^-24`): a recursive f32 sum of `k` products, in any
 /// order, is within `γ_k · Σ|a||w|` of the exact value.
+///
+/// Valid for `k < 2^24`; beyond that the bound does not exist and this returns NaN, which
+/// [`GemmReference::first_violation`] treats as a violation.
 pub fn gamma(k: usize) -> f64 {
     let ku = k as f64 * f64::powi(2.0, -24);
-    ku / (1.0 - ku)
+    if ku < 1.0 { ku / (1.0 - ku) } else { f64::NAN }
 }
 
 impl GemmReference {
@@ -39,12 +43,17 @@ impl GemmReference {
         gamma(self.k + extra) * self.abs_sums[i]
     }
 
-    /// Index of the first output where `got` is outside the bound, with its error and bound.
+    /// Index of the first output where `got` is outside the bound, with its error and bound. An output
+    /// of the wrong length is a violation at the first missing (or extra) index, with infinite error.
     pub fn first_violation(&self, got: &[f32], extra: usize) -> Option<(usize, f64, f64)> {
+        if got.len() != self.values.len() {
+            return Some((got.len().min(self.values.len()), f64::INFINITY, 0.0));
+        }
         got.iter().enumerate().find_map(|(i, &g)| {
             let err = (g as f64 - self.values[i]).abs();
             let bound = self.bound(i, extra);
-            (err.is_nan() || err > bound).then_some((i, err, bound))
+            // Written so that a NaN error or a NaN bound counts as a violation.
+            (!(err <= bound)).then_some((i, err, bound))
         })
     }
 }

@@ -13,6 +13,39 @@ use crate::stats::median_secs;
 pub enum BenchCommand {
     /// CPU quantize and dequantize (rayon), against a memcpy of the same bytes.
     Cpu(CpuArgs),
+    /// GPU quantize and dequantize, against a device-to-device copy of the same bytes.
+    Quantize(GpuArgs),
+    /// Host-to-device and device-to-host copies from pinned memory of each flag set and from pageable
+    /// memory.
+    Pinned(PinnedArgs),
+}
+
+/// Shapes and repetitions of the GPU quantize benchmark.
+#[derive(Args)]
+pub struct GpuArgs {
+    /// Shapes as ROWSxCOLS, comma-separated.
+    #[arg(long, default_value = "8192x8192,28672x8192")]
+    pub shapes: String,
+    /// Timed repetitions per figure (the time reported is their mean, from CUDA events).
+    #[arg(long, default_value_t = 20)]
+    pub reps: usize,
+    /// Device ordinal.
+    #[arg(long, default_value_t = 0)]
+    pub device: usize,
+}
+
+/// Size and repetitions of the pinned-memory benchmark.
+#[derive(Args)]
+pub struct PinnedArgs {
+    /// Bytes per copy, in MiB.
+    #[arg(long, default_value_t = 256)]
+    pub mib: usize,
+    /// Timed repetitions.
+    #[arg(long, default_value_t = 10)]
+    pub reps: usize,
+    /// Device ordinal.
+    #[arg(long, default_value_t = 0)]
+    pub device: usize,
 }
 
 /// Shape and repetitions of the CPU benchmark.
@@ -32,6 +65,8 @@ pub struct CpuArgs {
 pub fn run(cmd: &BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Cpu(a) => cpu(a),
+        BenchCommand::Quantize(a) => crate::bench_gpu::quantize(a),
+        BenchCommand::Pinned(a) => crate::bench_gpu::pinned(a),
     }
 }
 

@@ -1,0 +1,404 @@
+// quantize.cu: NVFP4 quantize, dequantize and scale-layout kernels; the CPU twins are quant::amax,
+// quant::global_scale_from_amax, quant::quantize, quant::dequantize and format::scale_layout::convert,
+// and the output bytes are identical (launch contracts in nvfp4.h).
+//
+// The kernels are streams over memory with little arithmetic (quantize's one IEEE division per
+// element is the most), so the design goal is full-width coalesced memory traffic:
+// - One thread per 16-element block (a "unit"): bf16/f16 input is 32 bytes = two 16-byte loads, f32 is
+//   64 bytes = four; the 16 codes leave as one 8-byte store, the scale as one byte. A warp therefore
+//   reads 1 or 2 KiB and writes 256 contiguous bytes of codes per step.
+// - Grid-stride loops with 64-bit indices, so the host may cap the grid and tensors past 2^32 elements
+//   work.
+// - Correctness before speed: a unit that is not 16-byte aligned, or that straddles the logical end of
+//   a row (cols < cols_padded), takes scalar loads.
+//
+// Register budget: at most 64 per thread, no spills on any target (build.rs warns and
+// tools/check-sass.sh fails on a spill). 64 registers x 256 threads = 16384, so an SM's 65536 registers
+// hold 4 blocks, 1024 threads: half the 2048-thread maximum, and with 32-64 bytes in flight per thread
+// that is 32-64 KiB of loads per SM, more than the ~20 KiB that HBM3's bandwidth-latency product
+// needs (3.35 TB/s x ~800 ns / 132 SMs). ptxas (CUDA 13.0) reports, sm_80 / sm_90a / sm_100a / sm_120f:
+//   nvfp4_quantize 46 / 47 / 51 / 46, nvfp4_dequantize 40 / 40 / 40 / 40, nvfp4_amax 30 / 29 / 48 / 56,
+//   nvfp4_scale_layout 26 / 26 / 28 / 24, nvfp4_global_scale 12 / 12 / 12 / 13; 0 bytes spilled.
+// Measured on an H100 (16384 x 16384): quantize runs at ~1.15 TB/s (bf16/f16 in) and ~2.1 TB/s (f32 in),
+// bound by the 16 correctly rounded divisions per unit, not by memory; dequantize ~2.3 TB/s (bf16/f16
+// out), ~1.7 TB/s (f32 out); amax ~2.2-2.9 TB/s.
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <stdint.h>
+
+#include "common/codecs.cuh"
+#include "nvfp4.h"
+
+// The params structs cross the FFI boundary by value: their sizes are the ABI (bindgen checks the
+// same on the Rust side).
+static_assert(sizeof(nvfp4_amax_params) == 40, "ABI");
+static_assert(sizeof(nvfp4_global_scale_params) == 24, "ABI");
+static_assert(sizeof(nvfp4_quantize_params) == 72, "ABI");
+static_assert(sizeof(nvfp4_dequantize_params) == 56, "ABI");
+static_assert(sizeof(nvfp4_scale_layout_params) == 40, "ABI");
+
+namespace {
+
+constexpr int kBlock = 16;  // elements per NVFP4 block, and per unit of work
+
+// ---- grid-stride iteration over (row, block) units ----
+
+// Walks units u = tid, tid + stride, ... < rows * per_row as (row, col) pairs, dividing only once per
+// thread: each step adds stride's quotient and remainder by per_row and carries. 64-bit division is a
+// software routine on the GPU, and this keeps it out of the loop.
+struct UnitWalk {
+    uint64_t rows, per_row, row, col, step_rows, step_cols;
+
+    __device__ UnitWalk(uint64_t rows_, uint64_t per_row_) : rows(rows_), per_row(per_row_) {
+        const uint64_t tid = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x;
+        const uint64_t stride = (uint64_t)gridDim.x * blockDim.x;
+        // per_row == 0 means no units; row = rows ends the walk before any division by zero.
+        if (per_row == 0) {
+            row = rows;
+            col = step_rows = step_cols = 0;
+            return;
+        }
+        row = tid / per_row;
+        col = tid % per_row;
+        step_rows = stride / per_row;
+        step_cols = stride % per_row;
+    }
+    __device__ bool valid() const { return row < rows; }
+    __device__ void next() {
+        row += step_rows;
+        col += step_cols;
+        if (col >= per_row) {
+            col -= per_row;
+            row += 1;
+        }
+    }
+};
+
+__device__ inline uint64_t scale_offset(uint32_t layout, uint64_t r, uint64_t c, uint64_t block_cols) {
+    return layout == NVFP4_SCALE_SWIZZLED_128X4
+               ? nvfp4_swizzled_offset(r, c, nvfp4_swizzle_padded_cols(block_cols))
+               : r * block_cols + c;
+}
+
+// ---- element loads, widened exactly to f32 ----
+
+template <uint32_t DT>
+struct Elem;
+
+template <>
+struct Elem<NVFP4_DTYPE_F32> {
+    using T = float;
+    __device__ static float widen(float v) { return v; }
+    // Word w of a 16-byte vector holds 1 element.
+    __device__ static void unpack(uint32_t w, float *out) { out[0] = __uint_as_float(w); }
+    static constexpr int per_word = 1;
+};
+
+template <>
+struct Elem<NVFP4_DTYPE_F16> {
+    using T = unsigned short;
+    __device__ static float widen(unsigned short v) { return __half2float(__ushort_as_half(v)); }
+    // Little-endian: the lower-addressed element is the low half of the word.
+    __device__ static void unpack(uint32_t w, float *out) {
+        out[0] = widen((unsigned short)(w & 0xFFFFu));
+        out[1] = widen((unsigned short)(w >> 16));
+    }
+    static constexpr int per_word = 2;
+};
+
+template <>
+struct Elem<NVFP4_DTYPE_BF16> {
+    using T = unsigned short;
+    // A bf16 is the top half of an f32: widening is a shift, exact.
+    __device__ static float widen(unsigned short v) { return __uint_as_float((uint32_t)v << 16); }
+    __device__ static void unpack(uint32_t w, float *out) {
+        out[0] = __uint_as_float(w << 16);
+        out[1] = __uint_as_float(w & 0xFFFF0000u);
+    }
+    static constexpr int per_word = 2;
+};
+
+// Widens raw element bits to f32, exactly: f32 as is; a bf16 is the top half of an f32 (a shift); f16
+// through the hardware conversion, which is exact for every f16 (subnormals and NaN included).
+__device__ inline float widen(uint32_t bits, uint32_t dtype) {
+    return dtype == NVFP4_DTYPE_F32    ? __uint_as_float(bits)
+           : dtype == NVFP4_DTYPE_BF16 ? __uint_as_float(bits << 16)
+                                       : __half2float(__ushort_as_half((unsigned short)bits));
+}
+
+// Loads the 16 elements of (row, block b), widened to f32; columns at or past `cols` read as +0. The
+// dtype is a run-time value on purpose: only this load stage depends on it, so the quantize pipeline
+// after it (16 divisions and encodes) exists once in the binary instead of once per dtype and path.
+__device__ inline void load_unit(const void *x, uint32_t dtype, uint64_t r, uint64_t b, uint64_t cols,
+                                 float v[kBlock]) {
+    const bool wide = dtype == NVFP4_DTYPE_F32;
+    const uint64_t c0 = b * kBlock;
+    const uint64_t esize = wide ? 4 : 2;
+    const char *p = static_cast<const char *>(x) + (r * cols + c0) * esize;
+    // Raw element bits: an f32 word, or a 16-bit value in the low half.
+    uint32_t e[kBlock];
+    if (c0 + kBlock <= cols && ((uintptr_t)p & 15) == 0) {
+        // 16 elements = 64 bytes (f32) or 32 bytes (f16/bf16): four or two 16-byte vectors.
+        const uint4 *vp = reinterpret_cast<const uint4 *>(p);
+        uint32_t w[kBlock];
+        const uint4 q0 = __ldg(vp), q1 = __ldg(vp + 1);
+        const uint4 q2 = wide ? __ldg(vp + 2) : make_uint4(0, 0, 0, 0);
+        const uint4 q3 = wide ? __ldg(vp + 3) : make_uint4(0, 0, 0, 0);
+        const uint4 q[4] = {q0, q1, q2, q3};
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            w[4 * i] = q[i].x;
+            w[4 * i + 1] = q[i].y;
+            w[4 * i + 2] = q[i].z;
+            w[4 * i + 3] = q[i].w;
+        }
+        // Little-endian: of two 16-bit elements in a word, the lower-addressed one is the low half.
+#pragma unroll
+        for (int j = 0; j < kBlock; ++j) e[j] = wide ? w[j] : (w[j / 2] >> (16 * (j & 1))) & 0xFFFFu;
+    } else {
+#pragma unroll
+        for (int j = 0; j < kBlock; ++j) {
+            e[j] = c0 + j >= cols ? 0u
+                   : wide         ? __ldg(reinterpret_cast<const unsigned int *>(p) + j)
+                                  : __ldg(reinterpret_cast<const unsigned short *>(p) + j);
+        }
+    }
+#pragma unroll
+    for (int j = 0; j < kBlock; ++j) v[j] = widen(e[j], dtype);
+}
+
+// ---- amax ----
+
+// Folds element x (at index i) into a thread's running max of finite |x| and first non-finite index.
+__device__ inline void amax_fold(float x, uint64_t i, float &m, unsigned long long &first) {
+    m = fmaxf(m, nvfp4_finite_abs(x));
+    if (nvfp4_is_nonfinite(x) && i < first) first = i;
+}
+
+template <uint32_t DT>
+__device__ inline void amax_impl(const nvfp4_amax_params &p, float &m, unsigned long long &first) {
+    using E = Elem<DT>;
+    const typename E::T *x = static_cast<const typename E::T *>(p.x);
+    const uint64_t tid = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    const uint64_t stride = (uint64_t)gridDim.x * blockDim.x;
+    constexpr int per_vec = 4 * E::per_word;  // elements per 16-byte vector
+    // Vectors cover the aligned prefix; a misaligned base gets no vectors and the scalar loop does all.
+    const uint64_t nvec = ((uintptr_t)x & 15) == 0 ? p.n / per_vec : 0;
+    const uint4 *xv = reinterpret_cast<const uint4 *>(x);
+    for (uint64_t v = tid; v < nvec; v += stride) {
+        const uint4 q = __ldg(xv + v);
+        float e[per_vec];
+        E::unpack(q.x, e);
+        E::unpack(q.y, e + E::per_word);
+        E::unpack(q.z, e + 2 * E::per_word);
+        E::unpack(q.w, e + 3 * E::per_word);
+#pragma unroll
+        for (int j = 0; j < per_vec; ++j) amax_fold(e[j], v * per_vec + j, m, first);
+    }
+    for (uint64_t i = nvec * per_vec + tid; i < p.n; i += stride) amax_fold(E::widen(x[i]), i, m, first);
+}
+
+// ---- dequantize output ----
+
+// The NaN the CPU produces for e2m1(q) * (e4m3(sf) * s2) when the scale product is NaN: x86 keeps the
+// payload of the NaN operand (the first one when both are), quieted, and the half crate narrows NaN by
+// keeping the sign and the top payload bits. Here: the decoded scale's NaN if it is one, else s2's.
+__device__ inline uint32_t cpu_nan_bits(float dec, float s2) {
+    return (nvfp4_is_nan(dec) ? __float_as_uint(dec) : __float_as_uint(s2)) | 0x00400000u;
+}
+
+template <uint32_t DT>
+struct Out;
+
+template <>
+struct Out<NVFP4_DTYPE_F32> {
+    using T = uint32_t;
+    __device__ static T narrow(float v) { return __float_as_uint(v); }
+    __device__ static T nan(uint32_t bits) { return bits; }
+};
+
+template <>
+struct Out<NVFP4_DTYPE_F16> {
+    using T = unsigned short;
+    __device__ static T narrow(float v) { return __half_as_ushort(__float2half_rn(v)); }
+    // half::f16::from_f32 on NaN: sign, all-ones exponent, quiet bit, top 10 payload bits.
+    __device__ static T nan(uint32_t bits) {
+        return (T)(((bits >> 16) & 0x8000u) | 0x7E00u | ((bits >> 13) & 0x3FFu));
+    }
+};
+
+template <>
+struct Out<NVFP4_DTYPE_BF16> {
+    using T = unsigned short;
+    __device__ static T narrow(float v) { return __bfloat16_as_ushort(__float2bfloat16_rn(v)); }
+    // half::bf16::from_f32 on NaN: the top half with the quiet bit set.
+    __device__ static T nan(uint32_t bits) { return (T)((bits >> 16) | 0x0040u); }
+};
+
+template <uint32_t DT>
+__device__ inline void dequantize_impl(const nvfp4_dequantize_params &p) {
+    using O = Out<DT>;
+    using T = typename O::T;
+    T *out = static_cast<T *>(p.out);
+    const uint64_t block_cols = p.cols / kBlock;
+    const float s2 = *p.global_scale;
+    const bool codes_vec = ((uintptr_t)p.codes & 7) == 0;
+    const bool out_vec = ((uintptr_t)out & 15) == 0;
+    for (UnitWalk w(p.rows, block_cols); w.valid(); w.next()) {
+        const uint8_t *cp = p.codes + w.row * (p.cols / 2) + w.col * (kBlock / 2);
+        uint64_t codes = 0;
+        if (codes_vec) {
+            codes = __ldg(reinterpret_cast<const unsigned long long *>(cp));
+        } else {
+#pragma unroll
+            for (int i = 0; i < kBlock / 2; ++i) codes |= (uint64_t)__ldg(cp + i) << (8 * i);
+        }
+        const float dec = nvfp4_e4m3_decode(p.scales[scale_offset(p.scale_layout, w.row, w.col, block_cols)]);
+        const float sd = __fmul_rn(dec, s2);
+        T o[kBlock];
+        if (nvfp4_is_nan(sd)) {
+            // e2m1 values are never NaN, so the scale's NaN passes through the product unchanged.
+            const T n = O::nan(cpu_nan_bits(dec, s2));
+#pragma unroll
+            for (int j = 0; j < kBlock; ++j) o[j] = n;
+        } else {
+#pragma unroll
+            for (int j = 0; j < kBlock; ++j) {
+                o[j] = O::narrow(__fmul_rn(nvfp4_e2m1_decode((uint32_t)(codes >> (4 * j)) & 0xFu), sd));
+            }
+        }
+        T *op = out + w.row * p.cols + w.col * kBlock;
+        if (out_vec) {
+            // 16 outputs of sizeof(T) bytes: 64 (f32) or 32 (f16/bf16) bytes, as 16-byte stores.
+            constexpr int per_vec = 16 / sizeof(T);
+            uint4 *vp = reinterpret_cast<uint4 *>(op);
+#pragma unroll
+            for (int i = 0; i < kBlock / per_vec; ++i) {
+                uint32_t wds[4];
+#pragma unroll
+                for (int k = 0; k < 4; ++k) {
+                    if (sizeof(T) == 4) {
+                        wds[k] = (uint32_t)o[i * per_vec + k];
+                    } else {
+                        wds[k] = (uint32_t)o[i * per_vec + 2 * k] | ((uint32_t)o[i * per_vec + 2 * k + 1] << 16);
+                    }
+                }
+                vp[i] = make_uint4(wds[0], wds[1], wds[2], wds[3]);
+            }
+        } else {
+#pragma unroll
+            for (int j = 0; j < kBlock; ++j) op[j] = o[j];
+        }
+    }
+}
+
+// ---- quantize ----
+
+__device__ inline void quantize_impl(const nvfp4_quantize_params &p) {
+    const uint64_t block_cols = p.cols_padded / kBlock;
+    const float s2 = *p.global_scale;
+    const bool codes_vec = ((uintptr_t)p.codes & 7) == 0;
+    for (UnitWalk w(p.rows, block_cols); w.valid(); w.next()) {
+        float v[kBlock];
+        load_unit(p.x, p.dtype, w.row, w.col, p.cols, v);
+        float bmax = 0.0f;
+#pragma unroll
+        for (int j = 0; j < kBlock; ++j) bmax = fmaxf(bmax, nvfp4_finite_abs(v[j]));
+        const uint32_t sf = nvfp4_block_scale_byte(bmax, s2, p.clamp_scale);
+        const float d = __fmul_rn(nvfp4_e4m3_decode(sf), s2);
+        // Element j's code goes to bits 4j..4j+3: little-endian, that puts element 2i in the low nibble
+        // of byte i and element 2i+1 in its high nibble (nvfp4-format.md §0.4).
+        uint64_t codes = 0;
+#pragma unroll
+        for (int j = 0; j < kBlock; ++j) codes |= (uint64_t)nvfp4_quantize_element(v[j], d, p.zero_sign) << (4 * j);
+        uint8_t *cp = p.codes + w.row * (p.cols_padded / 2) + w.col * (kBlock / 2);
+        if (codes_vec) {
+            *reinterpret_cast<unsigned long long *>(cp) = codes;
+        } else {
+#pragma unroll
+            for (int i = 0; i < kBlock / 2; ++i) cp[i] = (uint8_t)(codes >> (8 * i));
+        }
+        p.scales[scale_offset(p.scale_layout, w.row, w.col, block_cols)] = (uint8_t)sf;
+    }
+}
+
+}  // namespace
+
+extern "C" __global__ void nvfp4_amax(nvfp4_amax_params p) {
+    float m = 0.0f;
+    unsigned long long first = ~0ull;
+    switch (p.dtype) {
+        case NVFP4_DTYPE_F32: amax_impl<NVFP4_DTYPE_F32>(p, m, first); break;
+        case NVFP4_DTYPE_F16: amax_impl<NVFP4_DTYPE_F16>(p, m, first); break;
+        case NVFP4_DTYPE_BF16: amax_impl<NVFP4_DTYPE_BF16>(p, m, first); break;
+        default: return;  // the host validates dtype; an unknown one leaves the outputs untouched
+    }
+    // Warp reduction, then one slot per warp in shared memory (at most 1024 / 32 = 32 warps), then the
+    // first warp reduces those: one atomic of each kind per block.
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) {
+        m = fmaxf(m, __shfl_xor_sync(0xFFFFFFFFu, m, off));
+        const unsigned long long o = __shfl_xor_sync(0xFFFFFFFFu, first, off);
+        first = o < first ? o : first;
+    }
+    __shared__ float warp_max[32];
+    __shared__ unsigned long long warp_first[32];
+    const unsigned lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = (blockDim.x + 31) / 32;
+    if (lane == 0) {
+        warp_max[warp] = m;
+        warp_first[warp] = first;
+    }
+    __syncthreads();
+    if (warp != 0) return;
+    m = lane < warps ? warp_max[lane] : 0.0f;
+    first = lane < warps ? warp_first[lane] : ~0ull;
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) {
+        m = fmaxf(m, __shfl_xor_sync(0xFFFFFFFFu, m, off));
+        const unsigned long long o = __shfl_xor_sync(0xFFFFFFFFu, first, off);
+        first = o < first ? o : first;
+    }
+    if (lane == 0) {
+        // Non-negative floats order like their bit patterns, so an integer max is the float max.
+        if (m > 0.0f) atomicMax(p.amax_bits, __float_as_uint(m));
+        if (first != ~0ull) atomicMin(p.first_nonfinite, first);
+    }
+}
+
+extern "C" __global__ void nvfp4_global_scale(nvfp4_global_scale_params p) {
+    if (blockIdx.x != 0 || threadIdx.x != 0) return;
+    const float amax = __uint_as_float(*p.amax_bits);
+    // 1/2688 rounded to f32 once, at compile time, as PyTorch does when it turns `t / 2688.0` into a
+    // multiply by the reciprocal (quant::GlobalScaleRule::Reciprocal).
+    constexpr float kRecip = 1.0f / 2688.0f;
+    *p.global_scale = p.rule == NVFP4_GLOBAL_RECIPROCAL ? __fmul_rn(amax, kRecip) : __fdiv_rn(amax, 2688.0f);
+}
+
+extern "C" __global__ void nvfp4_quantize(nvfp4_quantize_params p) {
+    if (p.dtype > NVFP4_DTYPE_BF16) return;  // the host validates dtype
+    quantize_impl(p);
+}
+
+extern "C" __global__ void nvfp4_dequantize(nvfp4_dequantize_params p) {
+    switch (p.out_dtype) {
+        case NVFP4_DTYPE_F32: dequantize_impl<NVFP4_DTYPE_F32>(p); break;
+        case NVFP4_DTYPE_F16: dequantize_impl<NVFP4_DTYPE_F16>(p); break;
+        case NVFP4_DTYPE_BF16: dequantize_impl<NVFP4_DTYPE_BF16>(p); break;
+        default: break;
+    }
+}
+
+extern "C" __global__ void nvfp4_scale_layout(nvfp4_scale_layout_params p) {
+    const uint64_t cp = nvfp4_swizzle_padded_cols(p.block_cols);
+    // One walk over the real entries; the linear side is the contiguous one, so it sets the order.
+    for (UnitWalk w(p.rows, p.block_cols); w.valid(); w.next()) {
+        const uint64_t lin = w.row * p.block_cols + w.col;
+        const uint64_t swz = nvfp4_swizzled_offset(w.row, w.col, cp);
+        if (p.to_swizzled) {
+            p.dst[swz] = p.src[lin];
+        } else {
+            p.dst[lin] = p.src[swz];
+        }
+    }
+}

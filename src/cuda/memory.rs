@@ -1,0 +1,61 @@
+//! Device memory: allocation with typed out-of-memory errors, uploads and downloads.
+
+use std::sync::Arc;
+
+use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr, DriverError, ValidAsZeroBits, sys};
+
+use crate::error::{Error, Result};
+
+// SAFETY: these are plain-old-data structs of fixed-width fields and raw pointers, `#[repr(C)]`, and
+// exactly what the kernels take by value; cudarc copies them into the launch's argument buffer.
+unsafe impl DeviceRepr for super::abi::nvfp4_amax_params {}
+// SAFETY: as above.
+unsafe impl DeviceRepr for super::abi::nvfp4_global_scale_params {}
+// SAFETY: as above.
+unsafe impl DeviceRepr for super::abi::nvfp4_quantize_params {}
+// SAFETY: as above.
+unsafe impl DeviceRepr for super::abi::nvfp4_dequantize_params {}
+// SAFETY: as above.
+unsafe impl DeviceRepr for super::abi::nvfp4_scale_layout_params {}
+
+/// Maps a driver error to [`Error::Cuda`] with what was being done.
+pub(crate) fn cuda(context: impl Into<String>) -> impl FnOnce(DriverError) -> Error {
+    let context = context.into();
+    move |source| Error::Cuda { context, source }
+}
+
+/// Allocates `n` zeroed elements on `stream`'s device; running out of memory is
+/// [`Error::OutOfMemory`] naming `name`.
+pub fn alloc_zeros<T: DeviceRepr + ValidAsZeroBits>(
+    stream: &Arc<CudaStream>,
+    name: &str,
+    n: usize,
+) -> Result<CudaSlice<T>> {
+    let bytes = n.saturating_mul(std::mem::size_of::<T>());
+    stream.alloc_zeros::<T>(n).map_err(|e| {
+        if e.0 == sys::cudaError_enum::CUDA_ERROR_OUT_OF_MEMORY {
+            Error::OutOfMemory { name: name.to_string(), bytes }
+        } else {
+            Error::Cuda { context: format!("allocating {bytes} bytes for `{name}`"), source: e }
+        }
+    })
+}
+
+/// Copies host data to a new device buffer (ordered on `stream`).
+pub fn upload<T: DeviceRepr + ValidAsZeroBits>(stream: &Arc<CudaStream>, name: &str, data: &[T]) -> Result<CudaSlice<T>> {
+    let mut d = alloc_zeros::<T>(stream, name, data.len())?;
+    if !data.is_empty() {
+        stream.memcpy_htod(data, &mut d).map_err(cuda(format!("upload of `{name}`")))?;
+    }
+    Ok(d)
+}
+
+/// Copies a device buffer to the host, waiting for `stream`.
+pub fn download<T: DeviceRepr + Clone + Default>(stream: &Arc<CudaStream>, name: &str, d: &CudaSlice<T>) -> Result<Vec<T>> {
+    let mut out = vec![T::default(); d.len()];
+    if !out.is_empty() {
+        stream.memcpy_dtoh(d, &mut out).map_err(cuda(format!("download of `{name}`")))?;
+    }
+    stream.synchronize().map_err(cuda(format!("download of `{name}`")))?;
+    Ok(out)
+}

@@ -1,0 +1,224 @@
+//! GPU quantize, dequantize and scale-layout conversion: byte-identical twins of
+//! [`crate::quant::quantize`] and [`crate::quant::dequantize`].
+
+use std::sync::Arc;
+
+use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits};
+
+use crate::cuda::launch::{self, QuantizeShape};
+use crate::cuda::{Device, alloc_zeros, download, upload};
+use crate::error::{Error, Result, element_count};
+use crate::format::{Element, ScaleLayout};
+use crate::quant::{BLOCK, GlobalScale, NonFinite, Nvfp4Tensor, QuantizeOptions, check_given_scale, padded_k};
+
+/// An element type the GPU kernels read and write (f32, f16, bf16).
+pub trait GpuElement: Element + DeviceRepr + ValidAsZeroBits + Default {}
+impl<T: Element + DeviceRepr + ValidAsZeroBits + Default> GpuElement for T {}
+
+/// An NVFP4 tensor in device memory: the device twin of [`Nvfp4Tensor`]. The global scale stays on
+/// the device (a quantize computes it there), so using it never needs a host round trip.
+pub struct DeviceNvfp4 {
+    rows: usize,
+    cols: usize,
+    cols_padded: usize,
+    scale_layout: ScaleLayout,
+    /// Packed codes, `[rows, cols_padded / 2]`.
+    pub codes: CudaSlice<u8>,
+    /// Block scales in [`DeviceNvfp4::scale_layout`].
+    pub scales: CudaSlice<u8>,
+    /// One f32: the global scale, decode convention.
+    pub global_scale: CudaSlice<f32>,
+    amax_bits: CudaSlice<u32>,
+    first_nonfinite: CudaSlice<u64>,
+}
+
+impl DeviceNvfp4 {
+    /// Allocates the result of quantizing `[rows, cols]` with `opts` (scales zero-filled, so the
+    /// padding of a swizzled layout is 0x00 as the format requires).
+    pub fn alloc(stream: &Arc<CudaStream>, name: &str, rows: usize, cols: usize, opts: &QuantizeOptions) -> Result<Self> {
+        let shape = [rows, cols];
+        element_count(name, &shape)?;
+        if cols % BLOCK != 0 && !opts.pad_k {
+            return Err(Error::shape(
+                name,
+                &shape,
+                "the last dimension (K) must be a multiple of 16 (or quantize with pad_k)",
+            ));
+        }
+        let cols_padded = padded_k(name, rows, cols)?;
+        Ok(DeviceNvfp4 {
+            rows,
+            cols,
+            cols_padded,
+            scale_layout: opts.scale_layout,
+            codes: alloc_zeros(stream, "codes", rows * cols_padded / 2)?,
+            scales: alloc_zeros(stream, "scales", opts.scale_layout.len(rows, cols_padded / BLOCK))?,
+            global_scale: alloc_zeros(stream, "global scale", 1)?,
+            amax_bits: alloc_zeros(stream, "amax", 1)?,
+            first_nonfinite: alloc_zeros(stream, "first non-finite index", 1)?,
+        })
+    }
+
+    /// Copies a host tensor to the device (ordered on `stream`, no synchronization).
+    pub fn upload(stream: &Arc<CudaStream>, t: &Nvfp4Tensor) -> Result<Self> {
+        Ok(DeviceNvfp4 {
+            rows: t.rows(),
+            cols: t.cols(),
+            cols_padded: t.cols_padded(),
+            scale_layout: t.scale_layout(),
+            codes: upload(stream, "codes", t.codes())?,
+            scales: upload(stream, "scales", t.scales())?,
+            global_scale: upload(stream, "global scale", &[t.global_scale()])?,
+            amax_bits: alloc_zeros(stream, "amax", 1)?,
+            first_nonfinite: alloc_zeros(stream, "first non-finite index", 1)?,
+        })
+    }
+
+    /// Copies the tensor back to the host, waiting for `stream`.
+    pub fn download(&self, stream: &Arc<CudaStream>) -> Result<Nvfp4Tensor> {
+        let t = Nvfp4Tensor {
+            rows: self.rows,
+            cols: self.cols,
+            cols_padded: self.cols_padded,
+            codes: download(stream, "codes", &self.codes)?,
+            scales: download(stream, "scales", &self.scales)?,
+            scale_layout: self.scale_layout,
+            global_scale: download(stream, "global scale", &self.global_scale)?[0],
+        };
+        Ok(t)
+    }
+
+    /// `[rows, cols]`.
+    pub fn shape(&self) -> [usize; 2] {
+        [self.rows, self.cols]
+    }
+
+    /// Columns as stored (K rounded up to 16).
+    pub fn cols_padded(&self) -> usize {
+        self.cols_padded
+    }
+
+    /// Layout of the scales.
+    pub fn scale_layout(&self) -> ScaleLayout {
+        self.scale_layout
+    }
+
+    /// Converts the scales to `layout` on the device (a new scale buffer; nothing if already there).
+    pub fn set_scale_layout(&mut self, dev: &Device, stream: &Arc<CudaStream>, layout: ScaleLayout) -> Result<()> {
+        if layout == self.scale_layout {
+            return Ok(());
+        }
+        let bc = self.cols_padded / BLOCK;
+        let mut dst = alloc_zeros::<u8>(stream, "scales", layout.len(self.rows, bc))?;
+        launch::convert_scales(dev, stream, self.rows, bc, &self.scales, self.scale_layout, &mut dst)?;
+        self.scales = dst;
+        self.scale_layout = layout;
+        Ok(())
+    }
+}
+
+/// Quantizes a device tensor `[rows, cols]` exactly as [`crate::quant::quantize`] does on the CPU:
+/// same options, same errors, same bytes. Allocates the result; [`quantize_into`] reuses one.
+///
+/// With `NonFinite::Error` (the default) this reads one flag back to report the first NaN/Inf, which
+/// waits for `stream`; with `NonFinite::Saturate` it only enqueues work and never synchronizes.
+///
+/// ```no_run
+/// use nvfp4::{cuda::{Device, upload}, ops, QuantizeOptions};
+/// let dev = Device::new(0)?;
+/// let x = upload(dev.stream(), "x", &vec![1.0f32; 4096])?;
+/// let q = ops::quantize(&dev, dev.stream(), "x", &x, 64, 64, &QuantizeOptions::default())?;
+/// let host = q.download(dev.stream())?;
+/// # Ok::<(), nvfp4::Error>(())
+/// ```
+pub fn quantize<T: GpuElement>(
+    dev: &Device,
+    stream: &Arc<CudaStream>,
+    name: &str,
+    x: &CudaSlice<T>,
+    rows: usize,
+    cols: usize,
+    opts: &QuantizeOptions,
+) -> Result<DeviceNvfp4> {
+    let mut out = DeviceNvfp4::alloc(stream, name, rows, cols, opts)?;
+    quantize_into(dev, stream, name, x, opts, &mut out)?;
+    Ok(out)
+}
+
+/// Quantizes `x` into `out`, whose shape and options fix the result's: allocates nothing, so it
+/// can run in a loop or under CUDA-graph capture (with `NonFinite::Saturate`, which never syncs).
+pub fn quantize_into<T: GpuElement>(
+    dev: &Device,
+    stream: &Arc<CudaStream>,
+    name: &str,
+    x: &CudaSlice<T>,
+    opts: &QuantizeOptions,
+    out: &mut DeviceNvfp4,
+) -> Result<()> {
+    let (rows, cols, cols_padded) = (out.rows, out.cols, out.cols_padded);
+    let shape = [rows, cols];
+    if x.len() != rows * cols {
+        return Err(Error::length(name, &shape, rows * cols, x.len()));
+    }
+    if out.scale_layout != opts.scale_layout {
+        return Err(Error::invalid(name, "the output's scale layout differs from the options'"));
+    }
+    let n = rows * cols;
+    let scan = matches!(opts.global_scale, GlobalScale::FromAmax(_)) || opts.non_finite == NonFinite::Error;
+    if scan && n > 0 {
+        stream.memset_zeros(&mut out.amax_bits).map_err(crate::cuda::cuda_err("clearing the amax"))?;
+        stream
+            .memcpy_htod(&[u64::MAX], &mut out.first_nonfinite)
+            .map_err(crate::cuda::cuda_err("clearing the non-finite flag"))?;
+        launch::amax(dev, stream, x, &mut out.amax_bits, &mut out.first_nonfinite)?;
+    }
+    if opts.non_finite == NonFinite::Error && n > 0 {
+        let index = download(stream, "first non-finite index", &out.first_nonfinite)?[0];
+        if index != u64::MAX {
+            let index = index as usize;
+            let value = download(stream, name, x)?.get(index).map(|v| v.to_f32()).unwrap_or(f32::NAN);
+            return Err(Error::NonFinite {
+                name: name.to_string(),
+                shape: shape.to_vec(),
+                index,
+                row: index / cols,
+                col: index % cols,
+                value,
+            });
+        }
+    }
+    match opts.global_scale {
+        GlobalScale::FromAmax(rule) => launch::global_scale(dev, stream, &out.amax_bits, &mut out.global_scale, rule)?,
+        GlobalScale::Given(s) => {
+            check_given_scale(name, s)?;
+            stream.memcpy_htod(&[s], &mut out.global_scale).map_err(crate::cuda::cuda_err("setting the global scale"))?;
+        }
+    }
+    if rows * cols_padded > 0 {
+        let s = QuantizeShape {
+            rows,
+            cols,
+            cols_padded,
+            scale_layout: opts.scale_layout,
+            zero_sign: opts.zero_sign,
+            clamp_scale: opts.clamp_scale,
+        };
+        launch::quantize(dev, stream, x, s, &out.global_scale, &mut out.codes, &mut out.scales)?;
+    }
+    Ok(())
+}
+
+/// Dequantizes into `out` (`rows * cols` elements), as [`crate::quant::dequantize`] does: same bits.
+/// Enqueues work only. A tensor quantized with K padding must be dequantized on the CPU (the kernel
+/// writes whole rows of `cols_padded`).
+pub fn dequantize<T: GpuElement>(
+    dev: &Device,
+    stream: &Arc<CudaStream>,
+    t: &DeviceNvfp4,
+    out: &mut CudaSlice<T>,
+) -> Result<()> {
+    if t.cols != t.cols_padded {
+        return Err(Error::shape("dequantize input", &t.shape(), "K must be a multiple of 16 on the GPU"));
+    }
+    launch::dequantize(dev, stream, t.rows, t.cols, &t.codes, &t.scales, t.scale_layout, &t.global_scale, out)
+}
