@@ -109,15 +109,27 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn shape(name: &str, shape: &[usize], expected: impl Into<String>) -> Self {
-        Error::Shape { name: name.to_string(), shape: shape.to_vec(), expected: expected.into() }
+        Error::Shape {
+            name: name.to_string(),
+            shape: shape.to_vec(),
+            expected: expected.into(),
+        }
     }
 
     pub(crate) fn length(name: &str, shape: &[usize], expected: usize, actual: usize) -> Self {
-        Error::Length { name: name.to_string(), shape: shape.to_vec(), expected, actual }
+        Error::Length {
+            name: name.to_string(),
+            shape: shape.to_vec(),
+            expected,
+            actual,
+        }
     }
 
     pub(crate) fn invalid(name: &str, what: impl Into<String>) -> Self {
-        Error::InvalidValue { name: name.to_string(), what: what.into() }
+        Error::InvalidValue {
+            name: name.to_string(),
+            what: what.into(),
+        }
     }
 }
 
@@ -126,5 +138,8 @@ pub(crate) fn element_count(name: &str, shape: &[usize]) -> Result<usize> {
     shape
         .iter()
         .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-        .ok_or_else(|| Error::ShapeOverflow { name: name.to_string(), shape: shape.to_vec() })
+        .ok_or_else(|| Error::ShapeOverflow {
+            name: name.to_string(),
+            shape: shape.to_vec(),
+        })
 }

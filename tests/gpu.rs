@@ -71,12 +71,24 @@ fn check_quantize<T: GpuElement>(
     let gpu = ops::quantize(dev, stream, "x", &x, rows, cols, opts).and_then(|t| t.download(stream));
     match (cpu, gpu) {
         (Ok(c), Ok(g)) => {
-            assert_eq!(c.global_scale().to_bits(), g.global_scale().to_bits(), "{what}: global scale");
+            assert_eq!(
+                c.global_scale().to_bits(),
+                g.global_scale().to_bits(),
+                "{what}: global scale"
+            );
             if let Some(i) = c.scales().iter().zip(g.scales()).position(|(a, b)| a != b) {
-                panic!("{what}: scale byte {i}: cpu {:#04x} gpu {:#04x}", c.scales()[i], g.scales()[i]);
+                panic!(
+                    "{what}: scale byte {i}: cpu {:#04x} gpu {:#04x}",
+                    c.scales()[i],
+                    g.scales()[i]
+                );
             }
             if let Some(i) = c.codes().iter().zip(g.codes()).position(|(a, b)| a != b) {
-                panic!("{what}: code byte {i}: cpu {:#04x} gpu {:#04x}", c.codes()[i], g.codes()[i]);
+                panic!(
+                    "{what}: code byte {i}: cpu {:#04x} gpu {:#04x}",
+                    c.codes()[i],
+                    g.codes()[i]
+                );
             }
             assert_eq!(c, g, "{what}");
         }
@@ -122,7 +134,15 @@ fn quantize_matches_cpu_for<T: GpuElement>(test: &str) {
     for (rows, cols) in SHAPES {
         let host: Vec<T> = convert(&mixed_values(&mut rng, rows * cols));
         for opts in option_grid() {
-            check_quantize(&dev, &stream, &host, rows, cols, &opts, &format!("seed {seed} {rows}x{cols} {opts:?}"));
+            check_quantize(
+                &dev,
+                &stream,
+                &host,
+                rows,
+                cols,
+                &opts,
+                &format!("seed {seed} {rows}x{cols} {opts:?}"),
+            );
         }
     }
 }
@@ -144,7 +164,9 @@ fn gpu_quantize_matches_cpu_bf16() {
 
 #[test]
 fn gpu_quantize_special_values_match_cpu() {
-    let Some(dev) = device("gpu_quantize_special_values_match_cpu") else { return };
+    let Some(dev) = device("gpu_quantize_special_values_match_cpu") else {
+        return;
+    };
     let stream = dev.new_stream().unwrap();
     let s2 = 0.01f32;
     let mut specials = vec![
@@ -175,40 +197,91 @@ fn gpu_quantize_special_values_match_cpu() {
     for opts in option_grid() {
         for non_finite in [NonFinite::Saturate, NonFinite::Error] {
             let opts = QuantizeOptions { non_finite, ..opts };
-            check_quantize(&dev, &stream, &specials, rows, 16, &opts, &format!("specials f32 {opts:?}"));
+            check_quantize(
+                &dev,
+                &stream,
+                &specials,
+                rows,
+                16,
+                &opts,
+                &format!("specials f32 {opts:?}"),
+            );
             let h: Vec<f16> = convert(&specials);
-            check_quantize(&dev, &stream, &h, rows, 16, &opts, &format!("specials f16 {opts:?}"));
+            check_quantize(
+                &dev,
+                &stream,
+                &h,
+                rows,
+                16,
+                &opts,
+                &format!("specials f16 {opts:?}"),
+            );
             let b: Vec<bf16> = convert(&specials);
-            check_quantize(&dev, &stream, &b, rows, 16, &opts, &format!("specials bf16 {opts:?}"));
+            check_quantize(
+                &dev,
+                &stream,
+                &b,
+                rows,
+                16,
+                &opts,
+                &format!("specials bf16 {opts:?}"),
+            );
         }
     }
     // An all-zero tensor: global scale 0, scales 0x38, codes 0.
     let zeros = vec![0.0f32; 64];
-    check_quantize(&dev, &stream, &zeros, 2, 32, &QuantizeOptions::default(), "all zero");
+    check_quantize(
+        &dev,
+        &stream,
+        &zeros,
+        2,
+        32,
+        &QuantizeOptions::default(),
+        "all zero",
+    );
 }
 
 #[test]
 fn gpu_quantize_pads_k_like_cpu() {
-    let Some(dev) = device("gpu_quantize_pads_k_like_cpu") else { return };
+    let Some(dev) = device("gpu_quantize_pads_k_like_cpu") else {
+        return;
+    };
     let stream = dev.new_stream().unwrap();
     let seed = Rng::fresh_seed();
     let mut rng = Rng::new(seed);
     for (rows, cols) in [(1, 1), (5, 17), (130, 100), (3, 4095)] {
         let host: Vec<bf16> = convert(&mixed_values(&mut rng, rows * cols));
         for layout in [ScaleLayout::Linear, ScaleLayout::Swizzled128x4] {
-            let opts = QuantizeOptions { pad_k: true, scale_layout: layout, ..Default::default() };
-            check_quantize(&dev, &stream, &host, rows, cols, &opts, &format!("seed {seed} pad {rows}x{cols}"));
+            let opts = QuantizeOptions {
+                pad_k: true,
+                scale_layout: layout,
+                ..Default::default()
+            };
+            check_quantize(
+                &dev,
+                &stream,
+                &host,
+                rows,
+                cols,
+                &opts,
+                &format!("seed {seed} pad {rows}x{cols}"),
+            );
         }
         let x = upload(&stream, "x", &host).unwrap();
         let err = ops::quantize(&dev, &stream, "x", &x, rows, cols, &QuantizeOptions::default());
-        assert!(cols % 16 == 0 || matches!(err, Err(Error::Shape { .. })), "unpadded K {cols} must be refused");
+        assert!(
+            cols % 16 == 0 || matches!(err, Err(Error::Shape { .. })),
+            "unpadded K {cols} must be refused"
+        );
     }
 }
 
 #[test]
 fn gpu_quantize_kernel_writes_every_byte() {
     // Poison the outputs, launch the kernel directly, and compare: a byte the kernel forgot shows up.
-    let Some(dev) = device("gpu_quantize_kernel_writes_every_byte") else { return };
+    let Some(dev) = device("gpu_quantize_kernel_writes_every_byte") else {
+        return;
+    };
     let stream = dev.new_stream().unwrap();
     let seed = Rng::fresh_seed();
     let (rows, cols) = (77, 208);
@@ -227,8 +300,16 @@ fn gpu_quantize_kernel_writes_every_byte() {
         clamp_scale: true,
     };
     nvfp4::cuda::launch::quantize(&dev, &stream, &x, shape, &gs, &mut codes, &mut scales).unwrap();
-    assert_eq!(download(&stream, "codes", &codes).unwrap(), cpu.codes(), "seed {seed}");
-    assert_eq!(download(&stream, "scales", &scales).unwrap(), cpu.scales(), "seed {seed}");
+    assert_eq!(
+        download(&stream, "codes", &codes).unwrap(),
+        cpu.codes(),
+        "seed {seed}"
+    );
+    assert_eq!(
+        download(&stream, "scales", &scales).unwrap(),
+        cpu.scales(),
+        "seed {seed}"
+    );
 }
 
 fn dequantize_matches_cpu_for<T: GpuElement + PartialEq + std::fmt::Debug>(
@@ -251,14 +332,19 @@ fn dequantize_matches_cpu_for<T: GpuElement + PartialEq + std::fmt::Debug>(
 
 #[test]
 fn gpu_dequantize_matches_cpu_bit_for_bit() {
-    let Some(dev) = device("gpu_dequantize_matches_cpu_bit_for_bit") else { return };
+    let Some(dev) = device("gpu_dequantize_matches_cpu_bit_for_bit") else {
+        return;
+    };
     let stream = dev.new_stream().unwrap();
     let seed = Rng::fresh_seed();
     let mut rng = Rng::new(seed);
     for (rows, cols) in SHAPES {
         let host = mixed_values(&mut rng, rows * cols);
         for layout in [ScaleLayout::Linear, ScaleLayout::Swizzled128x4] {
-            let opts = QuantizeOptions { scale_layout: layout, ..Default::default() };
+            let opts = QuantizeOptions {
+                scale_layout: layout,
+                ..Default::default()
+            };
             let t = quant::quantize("x", &host, rows, cols, &opts).unwrap();
             let what = format!("seed {seed} {rows}x{cols} {layout:?}");
             dequantize_matches_cpu_for::<f32>(&dev, &stream, &t, &what);
@@ -270,7 +356,9 @@ fn gpu_dequantize_matches_cpu_bit_for_bit() {
 
 #[test]
 fn gpu_scale_layout_conversion_matches_cpu() {
-    let Some(dev) = device("gpu_scale_layout_conversion_matches_cpu") else { return };
+    let Some(dev) = device("gpu_scale_layout_conversion_matches_cpu") else {
+        return;
+    };
     let stream = dev.new_stream().unwrap();
     let seed = Rng::fresh_seed();
     let mut rng = Rng::new(seed);
@@ -279,16 +367,27 @@ fn gpu_scale_layout_conversion_matches_cpu() {
         let lin = quant::quantize("x", &host, rows, cols, &QuantizeOptions::default()).unwrap();
         let swz = lin.clone().with_scale_layout(ScaleLayout::Swizzled128x4).unwrap();
         let mut d = DeviceNvfp4::upload(&stream, &lin).unwrap();
-        d.set_scale_layout(&dev, &stream, ScaleLayout::Swizzled128x4).unwrap();
-        assert_eq!(d.download(&stream).unwrap(), swz, "seed {seed} {rows}x{cols} to swizzled");
+        d.set_scale_layout(&dev, &stream, ScaleLayout::Swizzled128x4)
+            .unwrap();
+        assert_eq!(
+            d.download(&stream).unwrap(),
+            swz,
+            "seed {seed} {rows}x{cols} to swizzled"
+        );
         d.set_scale_layout(&dev, &stream, ScaleLayout::Linear).unwrap();
-        assert_eq!(d.download(&stream).unwrap(), lin, "seed {seed} {rows}x{cols} back to linear");
+        assert_eq!(
+            d.download(&stream).unwrap(),
+            lin,
+            "seed {seed} {rows}x{cols} back to linear"
+        );
     }
 }
 
 #[test]
 fn gpu_every_kernel_loads() {
-    let Some(dev) = device("gpu_every_kernel_loads") else { return };
+    let Some(dev) = device("gpu_every_kernel_loads") else {
+        return;
+    };
     assert!(dev.has_kernels(), "no kernels for {}", dev.info().arch());
     // A zero-sized launch of each kernel through its op proves the symbol resolved.
     for k in KernelId::ALL {
@@ -297,7 +396,8 @@ fn gpu_every_kernel_loads() {
     let stream = dev.new_stream().unwrap();
     let x = upload(&stream, "x", &[1.0f32; 16]).unwrap();
     let mut t = ops::quantize(&dev, &stream, "x", &x, 1, 16, &QuantizeOptions::default()).unwrap();
-    t.set_scale_layout(&dev, &stream, ScaleLayout::Swizzled128x4).unwrap();
+    t.set_scale_layout(&dev, &stream, ScaleLayout::Swizzled128x4)
+        .unwrap();
     let mut out = alloc_zeros::<f32>(&stream, "out", 16).unwrap();
     ops::dequantize(&dev, &stream, &t, &mut out).unwrap();
     assert_eq!(download(&stream, "out", &out).unwrap(), vec![1.0f32; 16]);
@@ -306,7 +406,9 @@ fn gpu_every_kernel_loads() {
 
 #[test]
 fn gpu_out_of_memory_is_a_typed_error() {
-    let Some(dev) = device("gpu_out_of_memory_is_a_typed_error") else { return };
+    let Some(dev) = device("gpu_out_of_memory_is_a_typed_error") else {
+        return;
+    };
     let stream = dev.new_stream().unwrap();
     let too_big = dev.info().total_memory * 4;
     match alloc_zeros::<u8>(&stream, "huge", too_big) {
@@ -317,7 +419,9 @@ fn gpu_out_of_memory_is_a_typed_error() {
 
 #[test]
 fn gpu_quantize_reports_the_first_non_finite_like_cpu() {
-    let Some(dev) = device("gpu_quantize_reports_the_first_non_finite_like_cpu") else { return };
+    let Some(dev) = device("gpu_quantize_reports_the_first_non_finite_like_cpu") else {
+        return;
+    };
     let stream = dev.new_stream().unwrap();
     let mut host = vec![1.0f32; 64 * 1024];
     host[40_000] = f32::INFINITY;
@@ -331,16 +435,23 @@ fn gpu_quantize_reports_the_first_non_finite_like_cpu() {
 
 #[test]
 fn gpu_quantize_beyond_2_pow_32_elements() {
-    let Some(dev) = device("gpu_quantize_beyond_2_pow_32_elements") else { return };
+    let Some(dev) = device("gpu_quantize_beyond_2_pow_32_elements") else {
+        return;
+    };
     if under_sanitizer() {
-        eprintln!("SKIPPED gpu_quantize_beyond_2_pow_32_elements under compute-sanitizer (hours at this size)");
+        eprintln!(
+            "SKIPPED gpu_quantize_beyond_2_pow_32_elements under compute-sanitizer (hours at this size)"
+        );
         return;
     }
     // 131073 x 32768 = 2^32 + 32768 elements: every index past 2^32 must land where the CPU puts it.
     let (rows, cols) = ((1usize << 17) + 1, 1usize << 15);
     let need = rows * cols * 2 + rows * cols / 2 * 2 + rows * cols / 16;
     if dev.info().total_memory < need + (1 << 30) {
-        panic!("the device has {} bytes, the test needs {need}", dev.info().total_memory);
+        panic!(
+            "the device has {} bytes, the test needs {need}",
+            dev.info().total_memory
+        );
     }
     use rayon::prelude::*;
     let seed = Rng::fresh_seed();
@@ -352,5 +463,13 @@ fn gpu_quantize_beyond_2_pow_32_elements() {
         })
         .collect();
     let stream = dev.new_stream().unwrap();
-    check_quantize(&dev, &stream, &host, rows, cols, &QuantizeOptions::default(), &format!("seed {seed} 2^32+"));
+    check_quantize(
+        &dev,
+        &stream,
+        &host,
+        rows,
+        cols,
+        &QuantizeOptions::default(),
+        &format!("seed {seed} 2^32+"),
+    );
 }

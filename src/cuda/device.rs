@@ -48,7 +48,9 @@ pub struct Device {
 
 impl std::fmt::Debug for Device {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Device").field("info", &self.info).finish_non_exhaustive()
+        f.debug_struct("Device")
+            .field("info", &self.info)
+            .finish_non_exhaustive()
     }
 }
 
@@ -67,11 +69,16 @@ impl Device {
         // SAFETY: only checks whether the driver library can be loaded; cudarc would panic on first
         // use otherwise, and this turns that into an error.
         if !unsafe { sys::is_culib_present() } {
-            return Err(Error::NoDevice("the CUDA driver library (libcuda.so) was not found".into()));
+            return Err(Error::NoDevice(
+                "the CUDA driver library (libcuda.so) was not found".into(),
+            ));
         }
-        let count = CudaContext::device_count().map_err(|e| Error::NoDevice(format!("cuInit failed: {e}")))?;
+        let count =
+            CudaContext::device_count().map_err(|e| Error::NoDevice(format!("cuInit failed: {e}")))?;
         if ordinal >= count.max(0) as usize {
-            return Err(Error::NoDevice(format!("device {ordinal} requested, {count} present")));
+            return Err(Error::NoDevice(format!(
+                "device {ordinal} requested, {count} present"
+            )));
         }
         let ctx = CudaContext::new(ordinal).map_err(|e| Error::NoDevice(format!("device {ordinal}: {e}")))?;
         Self::from_context(ctx)
@@ -79,7 +86,11 @@ impl Device {
 
     /// Wraps an existing cudarc context (an engine's own) and loads the kernels into it.
     pub fn from_context(ctx: Arc<CudaContext>) -> Result<Self> {
-        let attr = |a| ctx.attribute(a).map(|v| v as u32).map_err(cuda("reading a device attribute"));
+        let attr = |a| {
+            ctx.attribute(a)
+                .map(|v| v as u32)
+                .map_err(cuda("reading a device attribute"))
+        };
         use sys::CUdevice_attribute as A;
         let mut driver_version = 0i32;
         // SAFETY: cuDriverGetVersion writes one int through a valid pointer.
@@ -100,7 +111,13 @@ impl Device {
         let stream = ctx.default_stream();
         let mut modules = Vec::new();
         let functions = Self::load(&ctx, &info, &mut modules)?;
-        Ok(Device { ctx, stream, info, functions, _modules: modules })
+        Ok(Device {
+            ctx,
+            stream,
+            info,
+            functions,
+            _modules: modules,
+        })
     }
 
     /// Loads every fatbin. `Ok(Err(reason))` when this build or this GPU has no kernels: the device
@@ -132,7 +149,10 @@ impl Device {
                         found: info.arch(),
                     }
                 } else {
-                    Error::Cuda { context: format!("loading kernel module `{unit}`"), source: e }
+                    Error::Cuda {
+                        context: format!("loading kernel module `{unit}`"),
+                        source: e,
+                    }
                 }
             })?;
             by_unit.insert(*unit, module.clone());
@@ -140,8 +160,12 @@ impl Device {
         }
         let mut functions = HashMap::new();
         for k in KernelId::ALL {
-            let module = by_unit.get(k.unit()).ok_or_else(|| Error::NoKernels(format!("no module `{}`", k.unit())))?;
-            let f = module.load_function(k.symbol()).map_err(cuda(format!("loading kernel `{}`", k.symbol())))?;
+            let module = by_unit
+                .get(k.unit())
+                .ok_or_else(|| Error::NoKernels(format!("no module `{}`", k.unit())))?;
+            let f = module
+                .load_function(k.symbol())
+                .map_err(cuda(format!("loading kernel `{}`", k.symbol())))?;
             functions.insert(k, f);
         }
         Ok(Ok(functions))
@@ -170,7 +194,9 @@ impl Device {
     /// The loaded kernel, or why there is none.
     pub(crate) fn function(&self, k: KernelId) -> Result<&CudaFunction> {
         match &self.functions {
-            Ok(f) => f.get(&k).ok_or_else(|| Error::NoKernels(format!("kernel `{}` not loaded", k.symbol()))),
+            Ok(f) => f
+                .get(&k)
+                .ok_or_else(|| Error::NoKernels(format!("kernel `{}` not loaded", k.symbol()))),
             Err(reason) => Err(Error::NoKernels(reason.clone())),
         }
     }
@@ -185,7 +211,10 @@ impl Device {
         if Arc::ptr_eq(stream.context(), &self.ctx) {
             Ok(())
         } else {
-            Err(Error::invalid("stream", "the stream belongs to another CUDA context than the device"))
+            Err(Error::invalid(
+                "stream",
+                "the stream belongs to another CUDA context than the device",
+            ))
         }
     }
 }

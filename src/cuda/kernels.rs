@@ -4,8 +4,8 @@ mod generated {
     include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
 }
 
-pub use generated::{NVCC_VERSION, TARGETS};
 pub(crate) use generated::{FATBINS, NO_KERNELS_REASON};
+pub use generated::{NVCC_VERSION, TARGETS};
 
 /// Every kernel the crate launches. The name is the `extern "C"` symbol; the unit is the `.cu` file
 /// (and so the fatbin) that holds it. A GPU test loads every one, so a renamed kernel fails in CI.
@@ -25,8 +25,13 @@ pub enum KernelId {
 
 impl KernelId {
     /// Every kernel.
-    pub const ALL: [KernelId; 5] =
-        [KernelId::Amax, KernelId::GlobalScale, KernelId::Quantize, KernelId::Dequantize, KernelId::ScaleLayout];
+    pub const ALL: [KernelId; 5] = [
+        KernelId::Amax,
+        KernelId::GlobalScale,
+        KernelId::Quantize,
+        KernelId::Dequantize,
+        KernelId::ScaleLayout,
+    ];
 
     /// The `extern "C"` symbol.
     pub const fn symbol(self) -> &'static str {

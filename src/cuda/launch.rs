@@ -6,7 +6,9 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{
+    CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg,
+};
 
 use super::abi;
 use super::device::Device;
@@ -38,11 +40,21 @@ fn layout_code(l: ScaleLayout) -> u32 {
 }
 
 fn need(name: &str, shape: &[usize], expected: usize, actual: usize) -> Result<()> {
-    if expected == actual { Ok(()) } else { Err(Error::length(name, shape, expected, actual)) }
+    if expected == actual {
+        Ok(())
+    } else {
+        Err(Error::length(name, shape, expected, actual))
+    }
 }
 
 /// Launches `k` over `grid` blocks with `params` as its only argument.
-fn launch<P: DeviceRepr>(dev: &Device, stream: &Arc<CudaStream>, k: KernelId, grid: u64, params: &P) -> Result<()> {
+fn launch<P: DeviceRepr>(
+    dev: &Device,
+    stream: &Arc<CudaStream>,
+    k: KernelId,
+    grid: u64,
+    params: &P,
+) -> Result<()> {
     dev.check_stream(stream)?;
     let f = dev.function(k)?;
     let cfg = LaunchConfig {
@@ -88,7 +100,9 @@ pub fn amax<T: Element + DeviceRepr>(
     };
     // Each thread reads 16 bytes per step, so 2048 elements per block-step at most; a few blocks per
     // SM saturate bandwidth, and fewer blocks mean fewer atomics.
-    let grid = (x.len() as u64).div_ceil(2048).min(4 * dev.info().sm_count as u64);
+    let grid = (x.len() as u64)
+        .div_ceil(2048)
+        .min(4 * dev.info().sm_count as u64);
     launch(dev, stream, KernelId::Amax, grid, &p)
 }
 
@@ -146,11 +160,20 @@ pub fn quantize<T: Element + DeviceRepr>(
 ) -> Result<()> {
     let shape = [s.rows, s.cols];
     if s.cols_padded % 16 != 0 || s.cols_padded < s.cols || s.cols_padded - s.cols >= 16 {
-        return Err(Error::shape("x", &shape, format!("padded K {} must be K rounded up to 16", s.cols_padded)));
+        return Err(Error::shape(
+            "x",
+            &shape,
+            format!("padded K {} must be K rounded up to 16", s.cols_padded),
+        ));
     }
     need("x", &shape, s.rows * s.cols, x.len())?;
     need("codes", &shape, s.rows * s.cols_padded / 2, codes.len())?;
-    need("scales", &shape, s.scale_layout.len(s.rows, s.cols_padded / 16), scales.len())?;
+    need(
+        "scales",
+        &shape,
+        s.scale_layout.len(s.rows, s.cols_padded / 16),
+        scales.len(),
+    )?;
     need("global_scale", &[1], 1, global_scale.len())?;
     let (xp, _gx) = x.device_ptr(stream);
     let (gp, _gg) = global_scale.device_ptr(stream);
@@ -211,7 +234,13 @@ pub fn dequantize<T: Element + DeviceRepr>(
         out_dtype: dtype_code(T::DTYPE),
         scale_layout: layout_code(scale_layout),
     };
-    launch(dev, stream, KernelId::Dequantize, units_grid((rows * cols / 16) as u64), &p)
+    launch(
+        dev,
+        stream,
+        KernelId::Dequantize,
+        units_grid((rows * cols / 16) as u64),
+        &p,
+    )
 }
 
 /// Converts `rows x block_cols` scales from `from` into `dst` in the other layout. A swizzled `dst`
@@ -242,5 +271,11 @@ pub fn convert_scales(
         to_swizzled: (to == ScaleLayout::Swizzled128x4) as u32,
         _pad: 0,
     };
-    launch(dev, stream, KernelId::ScaleLayout, units_grid((rows * block_cols) as u64), &p)
+    launch(
+        dev,
+        stream,
+        KernelId::ScaleLayout,
+        units_grid((rows * block_cols) as u64),
+        &p,
+    )
 }

@@ -34,28 +34,48 @@ pub fn alloc_zeros<T: DeviceRepr + ValidAsZeroBits>(
     let bytes = n.saturating_mul(std::mem::size_of::<T>());
     stream.alloc_zeros::<T>(n).map_err(|e| {
         if e.0 == sys::cudaError_enum::CUDA_ERROR_OUT_OF_MEMORY {
-            Error::OutOfMemory { name: name.to_string(), bytes }
+            Error::OutOfMemory {
+                name: name.to_string(),
+                bytes,
+            }
         } else {
-            Error::Cuda { context: format!("allocating {bytes} bytes for `{name}`"), source: e }
+            Error::Cuda {
+                context: format!("allocating {bytes} bytes for `{name}`"),
+                source: e,
+            }
         }
     })
 }
 
 /// Copies host data to a new device buffer (ordered on `stream`).
-pub fn upload<T: DeviceRepr + ValidAsZeroBits>(stream: &Arc<CudaStream>, name: &str, data: &[T]) -> Result<CudaSlice<T>> {
+pub fn upload<T: DeviceRepr + ValidAsZeroBits>(
+    stream: &Arc<CudaStream>,
+    name: &str,
+    data: &[T],
+) -> Result<CudaSlice<T>> {
     let mut d = alloc_zeros::<T>(stream, name, data.len())?;
     if !data.is_empty() {
-        stream.memcpy_htod(data, &mut d).map_err(cuda(format!("upload of `{name}`")))?;
+        stream
+            .memcpy_htod(data, &mut d)
+            .map_err(cuda(format!("upload of `{name}`")))?;
     }
     Ok(d)
 }
 
 /// Copies a device buffer to the host, waiting for `stream`.
-pub fn download<T: DeviceRepr + Clone + Default>(stream: &Arc<CudaStream>, name: &str, d: &CudaSlice<T>) -> Result<Vec<T>> {
+pub fn download<T: DeviceRepr + Clone + Default>(
+    stream: &Arc<CudaStream>,
+    name: &str,
+    d: &CudaSlice<T>,
+) -> Result<Vec<T>> {
     let mut out = vec![T::default(); d.len()];
     if !out.is_empty() {
-        stream.memcpy_dtoh(d, &mut out).map_err(cuda(format!("download of `{name}`")))?;
+        stream
+            .memcpy_dtoh(d, &mut out)
+            .map_err(cuda(format!("download of `{name}`")))?;
     }
-    stream.synchronize().map_err(cuda(format!("download of `{name}`")))?;
+    stream
+        .synchronize()
+        .map_err(cuda(format!("download of `{name}`")))?;
     Ok(out)
 }

@@ -5,6 +5,7 @@
 //! safe functions here. Built on cudarc (no second driver layer): the driver is loaded at run time, so
 //! a machine without CUDA builds and runs the CPU path, and [`Device::new`] returns an error there.
 
+#[rustfmt::skip] // bindgen output, compared byte for byte by tests/abi_bindgen.rs
 pub mod abi;
 mod device;
 mod kernels;
@@ -15,7 +16,7 @@ mod stream;
 
 pub use device::{Device, DeviceInfo};
 pub use kernels::{KernelId, NVCC_VERSION, TARGETS, fatbin_sizes};
-pub use memory::{alloc_zeros, download, upload};
 pub(crate) use memory::cuda as cuda_err;
+pub use memory::{alloc_zeros, download, upload};
 pub use pinned::{PinnedBuffer, PinnedFlags};
 pub use stream::GpuTimer;

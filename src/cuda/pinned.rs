@@ -56,14 +56,25 @@ impl PinnedBuffer {
         // value and freed once in Drop.
         let ptr = unsafe { result::malloc_host(len.max(1), flags.bits()) }.map_err(|e| {
             if e.0 == sys::cudaError_enum::CUDA_ERROR_OUT_OF_MEMORY {
-                Error::OutOfMemory { name: "pinned host buffer".into(), bytes: len }
+                Error::OutOfMemory {
+                    name: "pinned host buffer".into(),
+                    bytes: len,
+                }
             } else {
-                Error::Cuda { context: format!("pinning {len} host bytes"), source: e }
+                Error::Cuda {
+                    context: format!("pinning {len} host bytes"),
+                    source: e,
+                }
             }
         })? as *mut u8;
         // SAFETY: `ptr` points to at least `len` writable bytes just allocated.
         unsafe { std::ptr::write_bytes(ptr, 0, len) };
-        Ok(PinnedBuffer { ptr, len, flags, ctx: ctx.clone() })
+        Ok(PinnedBuffer {
+            ptr,
+            len,
+            flags,
+            ctx: ctx.clone(),
+        })
     }
 
     /// Bytes in the buffer.

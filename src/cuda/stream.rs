@@ -17,15 +17,26 @@ impl GpuTimer {
     /// Records the start event on `stream`.
     pub fn start(stream: &Arc<CudaStream>) -> Result<Self> {
         let flags = Some(sys::CUevent_flags::CU_EVENT_DEFAULT);
-        let start = stream.record_event(flags).map_err(cuda("recording a timing event"))?;
-        let stop = stream.context().new_event(flags).map_err(cuda("creating a timing event"))?;
+        let start = stream
+            .record_event(flags)
+            .map_err(cuda("recording a timing event"))?;
+        let stop = stream
+            .context()
+            .new_event(flags)
+            .map_err(cuda("creating a timing event"))?;
         Ok(GpuTimer { start, stop })
     }
 
     /// Records the stop event on `stream`, waits for it, and returns the elapsed milliseconds.
     pub fn stop_ms(self, stream: &Arc<CudaStream>) -> Result<f32> {
-        self.stop.record(stream).map_err(cuda("recording a timing event"))?;
-        self.stop.synchronize().map_err(cuda("waiting for a timing event"))?;
-        self.start.elapsed_ms(&self.stop).map_err(cuda("reading a timing event"))
+        self.stop
+            .record(stream)
+            .map_err(cuda("recording a timing event"))?;
+        self.stop
+            .synchronize()
+            .map_err(cuda("waiting for a timing event"))?;
+        self.start
+            .elapsed_ms(&self.stop)
+            .map_err(cuda("reading a timing event"))
     }
 }

@@ -56,7 +56,11 @@ impl Element for f16 {
         let sign = (h & 0x8000) << 16;
         let em = h & 0x7FFF;
         let finite = f32::from_bits(em << 13) * f32::from_bits((127 + 112) << 23);
-        let bits = if em >= 0x7C00 { 0x7F80_0000 | ((em & 0x3FF) << 13) } else { finite.to_bits() };
+        let bits = if em >= 0x7C00 {
+            0x7F80_0000 | ((em & 0x3FF) << 13)
+        } else {
+            finite.to_bits()
+        };
         f32::from_bits(bits | sign)
     }
     #[inline(always)]

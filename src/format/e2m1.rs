@@ -10,8 +10,9 @@ use half::{bf16, f16};
 pub const MAX: f32 = 6.0;
 
 /// Decoded value of every code, indexed by the 4-bit code.
-pub const VALUES: [f32; 16] =
-    [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0];
+pub const VALUES: [f32; 16] = [
+    0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0,
+];
 
 /// What the encoder does with the sign of a value whose magnitude encodes as zero.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -83,7 +84,16 @@ mod tests {
 
     #[test]
     fn ties_go_to_the_even_code() {
-        let cases = [(0.25, 0), (0.75, 2), (1.25, 2), (1.75, 4), (2.5, 4), (3.5, 6), (5.0, 6), (5.5, 7)];
+        let cases = [
+            (0.25, 0),
+            (0.75, 2),
+            (1.25, 2),
+            (1.75, 4),
+            (2.5, 4),
+            (3.5, 6),
+            (5.0, 6),
+            (5.5, 7),
+        ];
         for (x, code) in cases {
             assert_eq!(encode_f32(x, ZeroSign::Hardware), code, "{x}");
         }

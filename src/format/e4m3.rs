@@ -137,7 +137,13 @@ mod tests {
     #[test]
     fn hardware_special_values() {
         let sat = Overflow::SatFinite;
-        for (x, b) in [(448.0, 0x7E), (449.0, 0x7E), (464.0, 0x7E), (480.0, 0x7E), (1e4, 0x7E)] {
+        for (x, b) in [
+            (448.0, 0x7E),
+            (449.0, 0x7E),
+            (464.0, 0x7E),
+            (480.0, 0x7E),
+            (1e4, 0x7E),
+        ] {
             assert_eq!(encode_f32(x, sat), b, "{x}");
         }
         assert_eq!(encode_f32(-1e4, sat), 0xFE);

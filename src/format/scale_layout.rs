@@ -62,7 +62,11 @@ pub const fn padded_cols(block_cols: usize) -> usize {
 #[inline]
 pub const fn swizzled_offset(r: usize, c: usize, block_cols: usize) -> usize {
     let k_tiles = padded_cols(block_cols) / TILE_COLS;
-    (r / TILE_ROWS) * k_tiles * 512 + (c / TILE_COLS) * 512 + (r % 32) * 16 + ((r % TILE_ROWS) / 32) * 4 + c % 4
+    (r / TILE_ROWS) * k_tiles * 512
+        + (c / TILE_COLS) * 512
+        + (r % 32) * 16
+        + ((r % TILE_ROWS) / 32) * 4
+        + c % 4
 }
 
 fn check_len(what: &str, got: usize, expected: usize, rows: usize, block_cols: usize) -> Result<()> {

@@ -9,7 +9,9 @@ use crate::cuda::launch::{self, QuantizeShape};
 use crate::cuda::{Device, alloc_zeros, download, upload};
 use crate::error::{Error, Result, element_count};
 use crate::format::{Element, ScaleLayout};
-use crate::quant::{BLOCK, GlobalScale, NonFinite, Nvfp4Tensor, QuantizeOptions, check_given_scale, padded_k};
+use crate::quant::{
+    BLOCK, GlobalScale, NonFinite, Nvfp4Tensor, QuantizeOptions, check_given_scale, padded_k,
+};
 
 /// An element type the GPU kernels read and write (f32, f16, bf16).
 pub trait GpuElement: Element + DeviceRepr + ValidAsZeroBits + Default {}
@@ -35,7 +37,13 @@ pub struct DeviceNvfp4 {
 impl DeviceNvfp4 {
     /// Allocates the result of quantizing `[rows, cols]` with `opts` (scales zero-filled, so the
     /// padding of a swizzled layout is 0x00 as the format requires).
-    pub fn alloc(stream: &Arc<CudaStream>, name: &str, rows: usize, cols: usize, opts: &QuantizeOptions) -> Result<Self> {
+    pub fn alloc(
+        stream: &Arc<CudaStream>,
+        name: &str,
+        rows: usize,
+        cols: usize,
+        opts: &QuantizeOptions,
+    ) -> Result<Self> {
         let shape = [rows, cols];
         element_count(name, &shape)?;
         if cols % BLOCK != 0 && !opts.pad_k {
@@ -104,13 +112,26 @@ impl DeviceNvfp4 {
     }
 
     /// Converts the scales to `layout` on the device (a new scale buffer; nothing if already there).
-    pub fn set_scale_layout(&mut self, dev: &Device, stream: &Arc<CudaStream>, layout: ScaleLayout) -> Result<()> {
+    pub fn set_scale_layout(
+        &mut self,
+        dev: &Device,
+        stream: &Arc<CudaStream>,
+        layout: ScaleLayout,
+    ) -> Result<()> {
         if layout == self.scale_layout {
             return Ok(());
         }
         let bc = self.cols_padded / BLOCK;
         let mut dst = alloc_zeros::<u8>(stream, "scales", layout.len(self.rows, bc))?;
-        launch::convert_scales(dev, stream, self.rows, bc, &self.scales, self.scale_layout, &mut dst)?;
+        launch::convert_scales(
+            dev,
+            stream,
+            self.rows,
+            bc,
+            &self.scales,
+            self.scale_layout,
+            &mut dst,
+        )?;
         self.scales = dst;
         self.scale_layout = layout;
         Ok(())
@@ -161,12 +182,17 @@ pub fn quantize_into<T: GpuElement>(
         return Err(Error::length(name, &shape, rows * cols, x.len()));
     }
     if out.scale_layout != opts.scale_layout {
-        return Err(Error::invalid(name, "the output's scale layout differs from the options'"));
+        return Err(Error::invalid(
+            name,
+            "the output's scale layout differs from the options'",
+        ));
     }
     let n = rows * cols;
     let scan = matches!(opts.global_scale, GlobalScale::FromAmax(_)) || opts.non_finite == NonFinite::Error;
     if scan && n > 0 {
-        stream.memset_zeros(&mut out.amax_bits).map_err(crate::cuda::cuda_err("clearing the amax"))?;
+        stream
+            .memset_zeros(&mut out.amax_bits)
+            .map_err(crate::cuda::cuda_err("clearing the amax"))?;
         stream
             .memcpy_htod(&[u64::MAX], &mut out.first_nonfinite)
             .map_err(crate::cuda::cuda_err("clearing the non-finite flag"))?;
@@ -176,7 +202,10 @@ pub fn quantize_into<T: GpuElement>(
         let index = download(stream, "first non-finite index", &out.first_nonfinite)?[0];
         if index != u64::MAX {
             let index = index as usize;
-            let value = download(stream, name, x)?.get(index).map(|v| v.to_f32()).unwrap_or(f32::NAN);
+            let value = download(stream, name, x)?
+                .get(index)
+                .map(|v| v.to_f32())
+                .unwrap_or(f32::NAN);
             return Err(Error::NonFinite {
                 name: name.to_string(),
                 shape: shape.to_vec(),
@@ -188,10 +217,14 @@ pub fn quantize_into<T: GpuElement>(
         }
     }
     match opts.global_scale {
-        GlobalScale::FromAmax(rule) => launch::global_scale(dev, stream, &out.amax_bits, &mut out.global_scale, rule)?,
+        GlobalScale::FromAmax(rule) => {
+            launch::global_scale(dev, stream, &out.amax_bits, &mut out.global_scale, rule)?
+        }
         GlobalScale::Given(s) => {
             check_given_scale(name, s)?;
-            stream.memcpy_htod(&[s], &mut out.global_scale).map_err(crate::cuda::cuda_err("setting the global scale"))?;
+            stream
+                .memcpy_htod(&[s], &mut out.global_scale)
+                .map_err(crate::cuda::cuda_err("setting the global scale"))?;
         }
     }
     if rows * cols_padded > 0 {
@@ -203,7 +236,15 @@ pub fn quantize_into<T: GpuElement>(
             zero_sign: opts.zero_sign,
             clamp_scale: opts.clamp_scale,
         };
-        launch::quantize(dev, stream, x, s, &out.global_scale, &mut out.codes, &mut out.scales)?;
+        launch::quantize(
+            dev,
+            stream,
+            x,
+            s,
+            &out.global_scale,
+            &mut out.codes,
+            &mut out.scales,
+        )?;
     }
     Ok(())
 }
@@ -218,7 +259,21 @@ pub fn dequantize<T: GpuElement>(
     out: &mut CudaSlice<T>,
 ) -> Result<()> {
     if t.cols != t.cols_padded {
-        return Err(Error::shape("dequantize input", &t.shape(), "K must be a multiple of 16 on the GPU"));
+        return Err(Error::shape(
+            "dequantize input",
+            &t.shape(),
+            "K must be a multiple of 16 on the GPU",
+        ));
     }
-    launch::dequantize(dev, stream, t.rows, t.cols, &t.codes, &t.scales, t.scale_layout, &t.global_scale, out)
+    launch::dequantize(
+        dev,
+        stream,
+        t.rows,
+        t.cols,
+        &t.codes,
+        &t.scales,
+        t.scale_layout,
+        &t.global_scale,
+        out,
+    )
 }

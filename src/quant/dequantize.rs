@@ -24,7 +24,12 @@ pub fn dequantize<T: Element>(t: &Nvfp4Tensor) -> Vec<T> {
 /// Dequantizes into `out`, which must hold exactly `rows * cols` elements.
 pub fn dequantize_into<T: Element>(t: &Nvfp4Tensor, out: &mut [T]) -> Result<()> {
     if out.len() != t.rows * t.cols {
-        return Err(Error::length("dequantize output", &t.shape(), t.rows * t.cols, out.len()));
+        return Err(Error::length(
+            "dequantize output",
+            &t.shape(),
+            t.rows * t.cols,
+            out.len(),
+        ));
     }
     fill(t, out);
     Ok(())
@@ -44,8 +49,10 @@ fn fill<T: Element>(t: &Nvfp4Tensor, out: &mut [T]) {
         })
         .collect();
     let bc = t.block_cols();
-    out.par_chunks_mut(t.cols).zip(t.codes.par_chunks(t.cols_padded / 2)).enumerate().for_each(
-        |(r, (o, c))| {
+    out.par_chunks_mut(t.cols)
+        .zip(t.codes.par_chunks(t.cols_padded / 2))
+        .enumerate()
+        .for_each(|(r, (o, c))| {
             for (b, (o, c)) in o.chunks_mut(BLOCK).zip(c.chunks_exact(BLOCK / 2)).enumerate() {
                 let row = &table[t.scales[t.scale_layout.offset(r, b, bc)] as usize];
                 for (pair, &byte) in o.chunks_mut(2).zip(c) {
@@ -55,6 +62,5 @@ fn fill<T: Element>(t: &Nvfp4Tensor, out: &mut [T]) {
                     }
                 }
             }
-        },
-    );
+        });
 }

@@ -12,8 +12,8 @@ pub use dequantize::{dequantize, dequantize_into};
 pub use quantize::{
     GlobalScale, GlobalScaleRule, NonFinite, QuantizeOptions, amax, global_scale_from_amax, quantize,
 };
-pub use tensor::Nvfp4Tensor;
 pub(crate) use quantize::{check_given_scale, padded_k};
+pub use tensor::Nvfp4Tensor;
 
 /// Elements per block scale.
 pub const BLOCK: usize = 16;

@@ -99,7 +99,14 @@ pub fn amax<T: Element>(data: &[T]) -> (f32, Option<usize>) {
                 bad |= k >= INF_BITS;
                 m = m.max(if k < INF_BITS { k } else { 0 });
             }
-            let first = if bad { chunk.iter().position(|v| !v.to_f32().is_finite()).map(|p| i * CHUNK + p) } else { None };
+            let first = if bad {
+                chunk
+                    .iter()
+                    .position(|v| !v.to_f32().is_finite())
+                    .map(|p| i * CHUNK + p)
+            } else {
+                None
+            };
             (m, first)
         })
         .reduce(
@@ -128,7 +135,10 @@ const INF_BITS: i32 = 0x7F80_0000;
 /// K rounded up to a multiple of 16, or [`Error::ShapeOverflow`] when that (or the padded tensor)
 /// does not fit in `usize`.
 pub(crate) fn padded_k(name: &str, rows: usize, cols: usize) -> Result<usize> {
-    let overflow = || Error::ShapeOverflow { name: name.to_string(), shape: vec![rows, cols] };
+    let overflow = || Error::ShapeOverflow {
+        name: name.to_string(),
+        shape: vec![rows, cols],
+    };
     let cols_padded = cols.checked_next_multiple_of(BLOCK).ok_or_else(overflow)?;
     rows.checked_mul(cols_padded).ok_or_else(overflow)?;
     Ok(cols_padded)
@@ -140,7 +150,10 @@ pub(crate) fn check_given_scale(name: &str, s: f32) -> Result<()> {
     if s.is_finite() && !s.is_sign_negative() {
         Ok(())
     } else {
-        Err(Error::invalid(name, format!("given global scale {s} must be finite and +0.0 or more")))
+        Err(Error::invalid(
+            name,
+            format!("given global scale {s} must be finite and +0.0 or more"),
+        ))
     }
 }
 
@@ -196,7 +209,11 @@ fn quantize_block<const MODELOPT: bool>(x: &[f32; BLOCK], s2: f32, clamp: bool, 
             + (a > 2.5) as i32
             + (a >= 3.5) as i32
             + (a > 5.0) as i32;
-        let neg = if MODELOPT { (y < 0.0) as i32 } else { (y.to_bits() >> 31) as i32 };
+        let neg = if MODELOPT {
+            (y < 0.0) as i32
+        } else {
+            (y.to_bits() >> 31) as i32
+        };
         q[j] = if y.is_nan() { 0x7 } else { mag | (neg << 3) };
     }
     for i in 0..BLOCK / 2 {
@@ -277,13 +294,37 @@ pub fn quantize<T: Element>(
     let mut codes = vec![0u8; rows * cols_padded / 2];
     let mut scales = vec![0u8; rows * block_cols];
     match opts.zero_sign {
-        ZeroSign::ModelOpt => fill::<T, true>(data, cols, cols_padded, s2, opts.clamp_scale, &mut codes, &mut scales),
-        ZeroSign::Hardware => fill::<T, false>(data, cols, cols_padded, s2, opts.clamp_scale, &mut codes, &mut scales),
+        ZeroSign::ModelOpt => fill::<T, true>(
+            data,
+            cols,
+            cols_padded,
+            s2,
+            opts.clamp_scale,
+            &mut codes,
+            &mut scales,
+        ),
+        ZeroSign::Hardware => fill::<T, false>(
+            data,
+            cols,
+            cols_padded,
+            s2,
+            opts.clamp_scale,
+            &mut codes,
+            &mut scales,
+        ),
     }
     if opts.scale_layout != ScaleLayout::Linear {
         scales = scale_layout::convert(&scales, rows, block_cols, ScaleLayout::Linear, opts.scale_layout)?;
     }
-    Ok(Nvfp4Tensor { rows, cols, cols_padded, codes, scales, scale_layout: opts.scale_layout, global_scale: s2 })
+    Ok(Nvfp4Tensor {
+        rows,
+        cols,
+        cols_padded,
+        codes,
+        scales,
+        scale_layout: opts.scale_layout,
+        global_scale: s2,
+    })
 }
 
 /// Quantizes every block into `codes` and linear `scales`, in parallel.
@@ -313,7 +354,13 @@ fn fill<T: Element, const MODELOPT: bool>(
             .for_each(|((c, s), x)| {
                 // Whole blocks first, then the zero-padded tail block.
                 let whole = cols / BLOCK;
-                run::<T, MODELOPT>(&x[..whole * BLOCK], s2, clamp, &mut c[..whole * BLOCK / 2], &mut s[..whole]);
+                run::<T, MODELOPT>(
+                    &x[..whole * BLOCK],
+                    s2,
+                    clamp,
+                    &mut c[..whole * BLOCK / 2],
+                    &mut s[..whole],
+                );
                 let tail = load_block(&x[whole * BLOCK..]);
                 s[whole] = quantize_block::<MODELOPT>(&tail, s2, clamp, &mut c[whole * BLOCK / 2..]);
             });
@@ -324,7 +371,11 @@ fn fill<T: Element, const MODELOPT: bool>(
 /// (the `multiversion` crate), so the element loop is 8 lanes wide where the CPU allows.
 #[multiversion::multiversion(targets("x86_64+avx2+fma", "x86_64+avx"))]
 fn run<T: Element, const MODELOPT: bool>(x: &[T], s2: f32, clamp: bool, codes: &mut [u8], scales: &mut [u8]) {
-    for ((c, s), x) in codes.chunks_exact_mut(BLOCK / 2).zip(scales.iter_mut()).zip(x.chunks_exact(BLOCK)) {
+    for ((c, s), x) in codes
+        .chunks_exact_mut(BLOCK / 2)
+        .zip(scales.iter_mut())
+        .zip(x.chunks_exact(BLOCK))
+    {
         *s = quantize_block::<MODELOPT>(&load_block(x), s2, clamp, c);
     }
 }

@@ -50,9 +50,21 @@ impl Nvfp4Tensor {
         let shape = [rows, cols];
         element_count(name, &shape)?;
         if cols % BLOCK != 0 {
-            return Err(Error::shape(name, &shape, "the last dimension (K) must be a multiple of 16"));
+            return Err(Error::shape(
+                name,
+                &shape,
+                "the last dimension (K) must be a multiple of 16",
+            ));
         }
-        let t = Nvfp4Tensor { rows, cols, cols_padded: cols, codes, scales, scale_layout, global_scale };
+        let t = Nvfp4Tensor {
+            rows,
+            cols,
+            cols_padded: cols,
+            codes,
+            scales,
+            scale_layout,
+            global_scale,
+        };
         t.validate(name)?;
         Ok(t)
     }
@@ -61,20 +73,36 @@ impl Nvfp4Tensor {
         let shape = [self.rows, self.cols];
         let code_bytes = self.rows * (self.cols_padded / 2);
         if self.codes.len() != code_bytes {
-            return Err(Error::length(&format!("{name}.codes"), &shape, code_bytes, self.codes.len()));
+            return Err(Error::length(
+                &format!("{name}.codes"),
+                &shape,
+                code_bytes,
+                self.codes.len(),
+            ));
         }
         let scale_bytes = self.scale_layout.len(self.rows, self.block_cols());
         if self.scales.len() != scale_bytes {
-            return Err(Error::length(&format!("{name}.scales"), &shape, scale_bytes, self.scales.len()));
+            return Err(Error::length(
+                &format!("{name}.scales"),
+                &shape,
+                scale_bytes,
+                self.scales.len(),
+            ));
         }
         if !self.global_scale.is_finite() || self.global_scale.is_sign_negative() {
             return Err(Error::invalid(
                 name,
-                format!("global scale {} must be finite and non-negative", self.global_scale),
+                format!(
+                    "global scale {} must be finite and non-negative",
+                    self.global_scale
+                ),
             ));
         }
         if let Some(i) = self.scales.iter().position(|&b| e4m3::decode_f32(b).is_nan()) {
-            return Err(Error::invalid(name, format!("scale byte {i} is 0x{:02X} (E4M3 NaN)", self.scales[i])));
+            return Err(Error::invalid(
+                name,
+                format!("scale byte {i} is 0x{:02X} (E4M3 NaN)", self.scales[i]),
+            ));
         }
         Ok(())
     }
@@ -139,8 +167,13 @@ impl Nvfp4Tensor {
     /// assert_eq!(s.with_scale_layout(ScaleLayout::Linear).unwrap(), q);
     /// ```
     pub fn with_scale_layout(mut self, layout: ScaleLayout) -> Result<Self> {
-        self.scales =
-            crate::format::scale_layout::convert(&self.scales, self.rows, self.block_cols(), self.scale_layout, layout)?;
+        self.scales = crate::format::scale_layout::convert(
+            &self.scales,
+            self.rows,
+            self.block_cols(),
+            self.scale_layout,
+            layout,
+        )?;
         self.scale_layout = layout;
         Ok(self)
     }

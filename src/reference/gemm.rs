@@ -52,8 +52,12 @@ impl GemmReference {
         got.iter().enumerate().find_map(|(i, &g)| {
             let err = (g as f64 - self.values[i]).abs();
             let bound = self.bound(i, extra);
-            // Written so that a NaN error or a NaN bound counts as a violation.
-            (!(err <= bound)).then_some((i, err, bound))
+            // A NaN error or a NaN bound is incomparable: a violation too.
+            let within = matches!(
+                err.partial_cmp(&bound),
+                Some(std::cmp::Ordering::Less | std::cmp::Ordering::Equal)
+            );
+            (!within).then_some((i, err, bound))
         })
     }
 }
@@ -62,8 +66,11 @@ fn product(a: &[f64], w: &[f64], m: usize, n: usize, k: usize) -> GemmReference 
     let mut values = vec![0.0; m * n];
     let mut abs_sums = vec![0.0; m * n];
     if k > 0 {
-        values.par_chunks_mut(n.max(1)).zip(abs_sums.par_chunks_mut(n.max(1))).zip(a.par_chunks(k)).for_each(
-            |((v, s), ar)| {
+        values
+            .par_chunks_mut(n.max(1))
+            .zip(abs_sums.par_chunks_mut(n.max(1)))
+            .zip(a.par_chunks(k))
+            .for_each(|((v, s), ar)| {
                 for (j, wr) in w.chunks_exact(k).enumerate() {
                     let (mut acc, mut abs) = (0.0f64, 0.0f64);
                     for (x, y) in ar.iter().zip(wr) {
@@ -73,10 +80,15 @@ fn product(a: &[f64], w: &[f64], m: usize, n: usize, k: usize) -> GemmReference 
                     v[j] = acc;
                     s[j] = abs;
                 }
-            },
-        );
+            });
     }
-    GemmReference { m, n, k, values, abs_sums }
+    GemmReference {
+        m,
+        n,
+        k,
+        values,
+        abs_sums,
+    }
 }
 
 fn check(name: &str, len: usize, rows: usize, k: usize) -> Result<()> {
@@ -94,15 +106,16 @@ pub fn decode_exact(t: &Nvfp4Tensor) -> Vec<f64> {
     if t.cols() == 0 {
         return out;
     }
-    out.par_chunks_mut(t.cols()).zip(t.codes().par_chunks(t.cols_padded() / 2)).enumerate().for_each(
-        |(r, (o, c))| {
+    out.par_chunks_mut(t.cols())
+        .zip(t.codes().par_chunks(t.cols_padded() / 2))
+        .enumerate()
+        .for_each(|(r, (o, c))| {
             for (j, o) in o.iter_mut().enumerate() {
                 let code = c[j / 2] >> (4 * (j % 2));
                 let s = e4m3::decode_f32(t.scale_at(r, j / BLOCK)) as f64;
                 *o = e2m1::decode_f32(code) as f64 * s * gs;
             }
-        },
-    );
+        });
     out
 }
 
@@ -138,5 +151,11 @@ pub fn gemm_w4a4(a: &Nvfp4Tensor, w: &Nvfp4Tensor) -> Result<GemmReference> {
             format!("K = {} to match the weight's shape {:?}", w.cols(), w.shape()),
         ));
     }
-    Ok(product(&decode_exact(a), &decode_exact(w), a.rows(), w.rows(), a.cols()))
+    Ok(product(
+        &decode_exact(a),
+        &decode_exact(w),
+        a.rows(),
+        w.rows(),
+        a.cols(),
+    ))
 }

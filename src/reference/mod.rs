@@ -6,4 +6,4 @@
 pub mod gemm;
 pub mod synthetic;
 
-pub use gemm::{GemmReference, gemm_f32, gemm_w4a4, gemm_w4a16, gamma};
+pub use gemm::{GemmReference, gamma, gemm_f32, gemm_w4a4, gemm_w4a16};

@@ -72,26 +72,45 @@ pub fn run(cmd: &BenchCommand) -> anyhow::Result<()> {
 
 fn cpu(a: &CpuArgs) -> anyhow::Result<()> {
     let (rows, cols) = (a.rows, a.cols);
-    anyhow::ensure!(cols % 16 == 0 && rows > 0 && cols > 0, "--cols must be a positive multiple of 16");
+    anyhow::ensure!(
+        cols % 16 == 0 && rows > 0 && cols > 0,
+        "--cols must be a positive multiple of 16"
+    );
     let n = rows * cols;
-    println!("CPU benchmark, [{rows}, {cols}], {} rayon threads, median of {}", rayon::current_num_threads(), a.reps);
+    println!(
+        "CPU benchmark, [{rows}, {cols}], {} rayon threads, median of {}",
+        rayon::current_num_threads(),
+        a.reps
+    );
     let x = Rng::new(1).normal_vec(n, 1.0);
     // Baseline: a parallel copy of the input's bytes, the floor any single pass over the data pays.
     let src = vec![0u8; n * 2];
     let mut dst = vec![1u8; n * 2];
     let t_copy = median_secs(a.reps, || {
         use rayon::prelude::*;
-        dst.par_chunks_mut(1 << 20).zip(src.par_chunks(1 << 20)).for_each(|(d, s)| d.copy_from_slice(s));
+        dst.par_chunks_mut(1 << 20)
+            .zip(src.par_chunks(1 << 20))
+            .for_each(|(d, s)| d.copy_from_slice(s));
     });
     let copy_gbs = (n * 2) as f64 * 2.0 / t_copy / 1e9;
-    println!("  memcpy of the bf16 bytes      {:8.2} ms  {:6.2} GB/s read+write (baseline)", t_copy * 1e3, copy_gbs);
+    println!(
+        "  memcpy of the bf16 bytes      {:8.2} ms  {:6.2} GB/s read+write (baseline)",
+        t_copy * 1e3,
+        copy_gbs
+    );
     bench_type::<bf16>(&x, rows, cols, a.reps, copy_gbs)?;
     bench_type::<f16>(&x, rows, cols, a.reps, copy_gbs)?;
     bench_type::<f32>(&x, rows, cols, a.reps, copy_gbs)?;
     Ok(())
 }
 
-fn bench_type<T: Element>(x: &[f32], rows: usize, cols: usize, reps: usize, copy_gbs: f64) -> anyhow::Result<()> {
+fn bench_type<T: Element>(
+    x: &[f32],
+    rows: usize,
+    cols: usize,
+    reps: usize,
+    copy_gbs: f64,
+) -> anyhow::Result<()> {
     let data: Vec<T> = x.iter().map(|&v| T::from_f32(v)).collect();
     let in_bytes = (data.len() * T::DTYPE.size()) as f64;
     let opts = QuantizeOptions::default();
@@ -117,7 +136,11 @@ fn bench_type<T: Element>(x: &[f32], rows: usize, cols: usize, reps: usize, copy
         moved_q / tq / 1e9 / copy_gbs,
         moved_q / 1e6
     );
-    println!("    of which the amax pass    {:8.2} ms  {:6.2} GB/s of input", ta * 1e3, in_bytes / ta / 1e9);
+    println!(
+        "    of which the amax pass    {:8.2} ms  {:6.2} GB/s of input",
+        ta * 1e3,
+        in_bytes / ta / 1e9
+    );
     println!(
         "  dequantize NVFP4 -> {name:>4}     {:8.2} ms  {:6.2} GB/s of output ({:.2} of memcpy for its {:.0} MB moved)",
         td * 1e3,

@@ -16,14 +16,24 @@ use crate::bench::{GpuArgs, PinnedArgs};
 fn parse_shapes(s: &str) -> anyhow::Result<Vec<(usize, usize)>> {
     s.split(',')
         .map(|p| {
-            let (r, c) = p.trim().split_once('x').with_context(|| format!("shape `{p}` is not ROWSxCOLS"))?;
-            Ok((r.parse().with_context(|| format!("rows of `{p}`"))?, c.parse().with_context(|| format!("cols of `{p}`"))?))
+            let (r, c) = p
+                .trim()
+                .split_once('x')
+                .with_context(|| format!("shape `{p}` is not ROWSxCOLS"))?;
+            Ok((
+                r.parse().with_context(|| format!("rows of `{p}`"))?,
+                c.parse().with_context(|| format!("cols of `{p}`"))?,
+            ))
         })
         .collect()
 }
 
 /// Mean milliseconds of `reps` runs of `f` on `stream` (after one warm-up), timed with events.
-fn time_ms(stream: &Arc<CudaStream>, reps: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<f64> {
+fn time_ms(
+    stream: &Arc<CudaStream>,
+    reps: usize,
+    mut f: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<f64> {
     f()?;
     let t = GpuTimer::start(stream)?;
     for _ in 0..reps {
@@ -54,7 +64,11 @@ pub fn quantize(a: &GpuArgs) -> anyhow::Result<()> {
     for (rows, cols) in parse_shapes(&a.shapes)? {
         anyhow::ensure!(cols % 16 == 0, "cols of {rows}x{cols} must be a multiple of 16");
         let n = rows * cols;
-        let host: Vec<bf16> = Rng::new(7).normal_vec(n, 1.0).into_iter().map(bf16::from_f32).collect();
+        let host: Vec<bf16> = Rng::new(7)
+            .normal_vec(n, 1.0)
+            .into_iter()
+            .map(bf16::from_f32)
+            .collect();
         let x = upload(&stream, "x", &host)?;
         let in_bytes = (n * 2) as f64;
         // Baseline: a device-to-device copy of the input; its bandwidth counts the read and the write.
@@ -62,9 +76,16 @@ pub fn quantize(a: &GpuArgs) -> anyhow::Result<()> {
         let t_copy = time_ms(&stream, a.reps, || Ok(stream.memcpy_dtod(&x, &mut copy)?))?;
         let copy_bw = 2.0 * in_bytes / (t_copy * 1e-3);
         println!("[{rows}, {cols}] bf16 ({:.0} MB)", in_bytes / 1e6);
-        println!("  D2D copy (baseline)                {:8.1} us  {:7.0} GB/s", t_copy * 1e3, copy_bw / 1e9);
+        println!(
+            "  D2D copy (baseline)                {:8.1} us  {:7.0} GB/s",
+            t_copy * 1e3,
+            copy_bw / 1e9
+        );
 
-        let full = QuantizeOptions { non_finite: NonFinite::Saturate, ..Default::default() };
+        let full = QuantizeOptions {
+            non_finite: NonFinite::Saturate,
+            ..Default::default()
+        };
         let mut out = DeviceNvfp4::alloc(&stream, "x", rows, cols, &full)?;
         let out_bytes = (out.codes.len() + out.scales.len()) as f64;
         let report = |what: &str, ms: f64, bytes: f64| {
@@ -76,17 +97,31 @@ pub fn quantize(a: &GpuArgs) -> anyhow::Result<()> {
                 bw / copy_bw
             );
         };
-        let t = time_ms(&stream, a.reps, || Ok(ops::quantize_into(&dev, &stream, "x", &x, &full, &mut out)?))?;
+        let t = time_ms(&stream, a.reps, || {
+            Ok(ops::quantize_into(&dev, &stream, "x", &x, &full, &mut out)?)
+        })?;
         report("quantize (amax pass + blocks)", t, 2.0 * in_bytes + out_bytes);
-        let given = QuantizeOptions { global_scale: GlobalScale::Given(0.01), ..full };
-        let t = time_ms(&stream, a.reps, || Ok(ops::quantize_into(&dev, &stream, "x", &x, &given, &mut out)?))?;
+        let given = QuantizeOptions {
+            global_scale: GlobalScale::Given(0.01),
+            ..full
+        };
+        let t = time_ms(&stream, a.reps, || {
+            Ok(ops::quantize_into(&dev, &stream, "x", &x, &given, &mut out)?)
+        })?;
         report("quantize, given scale (blocks only)", t, in_bytes + out_bytes);
-        let swz = QuantizeOptions { scale_layout: ScaleLayout::Swizzled128x4, ..given };
+        let swz = QuantizeOptions {
+            scale_layout: ScaleLayout::Swizzled128x4,
+            ..given
+        };
         let mut out_s = DeviceNvfp4::alloc(&stream, "x", rows, cols, &swz)?;
-        let t = time_ms(&stream, a.reps, || Ok(ops::quantize_into(&dev, &stream, "x", &x, &swz, &mut out_s)?))?;
+        let t = time_ms(&stream, a.reps, || {
+            Ok(ops::quantize_into(&dev, &stream, "x", &x, &swz, &mut out_s)?)
+        })?;
         report("  same, swizzled scales", t, in_bytes + out_bytes);
         let mut y: CudaSlice<bf16> = alloc_zeros(&stream, "y", n)?;
-        let t = time_ms(&stream, a.reps, || Ok(ops::dequantize(&dev, &stream, &out, &mut y)?))?;
+        let t = time_ms(&stream, a.reps, || {
+            Ok(ops::dequantize(&dev, &stream, &out, &mut y)?)
+        })?;
         report("dequantize -> bf16", t, in_bytes + out_bytes);
     }
     Ok(())
@@ -97,13 +132,24 @@ pub fn pinned(a: &PinnedArgs) -> anyhow::Result<()> {
     let stream = dev.new_stream()?;
     let bytes = a.mib << 20;
     let mut d: CudaSlice<u8> = alloc_zeros(&stream, "device buffer", bytes)?;
-    println!("host<->device copies of {} MiB, mean of {} (CUDA events)", a.mib, a.reps);
+    println!(
+        "host<->device copies of {} MiB, mean of {} (CUDA events)",
+        a.mib, a.reps
+    );
     let mut pageable = vec![1u8; bytes];
     let t_h2d = time_ms(&stream, a.reps, || Ok(stream.memcpy_htod(&pageable, &mut d)?))?;
     let t_d2h = time_ms(&stream, a.reps, || Ok(stream.memcpy_dtoh(&d, &mut pageable)?))?;
     let gbs = |ms: f64| bytes as f64 / (ms * 1e-3) / 1e9;
-    println!("  pageable (Vec<u8>)       H2D {:6.1} GB/s   D2H {:6.1} GB/s", gbs(t_h2d), gbs(t_d2h));
-    for flags in [PinnedFlags::Default, PinnedFlags::Portable, PinnedFlags::WriteCombined] {
+    println!(
+        "  pageable (Vec<u8>)       H2D {:6.1} GB/s   D2H {:6.1} GB/s",
+        gbs(t_h2d),
+        gbs(t_d2h)
+    );
+    for flags in [
+        PinnedFlags::Default,
+        PinnedFlags::Portable,
+        PinnedFlags::WriteCombined,
+    ] {
         let mut p = PinnedBuffer::new(dev.context(), bytes, flags)?;
         let t_h2d = time_ms(&stream, a.reps, || Ok(stream.memcpy_htod(p.as_slice(), &mut d)?))?;
         let t_d2h = time_ms(&stream, a.reps, || Ok(stream.memcpy_dtoh(&d, p.as_mut_slice())?))?;

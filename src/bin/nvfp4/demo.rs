@@ -34,7 +34,10 @@ fn to_bf16(v: &[f32]) -> Vec<bf16> {
 pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     let (m, n, k) = (args.m, args.n, args.k);
     anyhow::ensure!(m > 0 && n > 0 && k > 0, "--m, --n and --k must be positive");
-    anyhow::ensure!(k % 16 == 0, "--k must be a multiple of 16 (NVFP4 blocks are 16 wide), got {k}");
+    anyhow::ensure!(
+        k % 16 == 0,
+        "--k must be a multiple of 16 (NVFP4 blocks are 16 wide), got {k}"
+    );
     let seed = args.seed.unwrap_or_else(Rng::fresh_seed);
     println!("nvfp4 demo: layer A[{m}, {k}] x W[{n}, {k}]^T, bf16 inputs, seed {seed}");
     let pb = ProgressBar::new(6).with_style(
@@ -65,7 +68,10 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     let wq = quant::quantize("W", &w, n, k, &QuantizeOptions::default())?;
     let (a_amax, _) = quant::amax(&a);
     let input_scale = quant::global_scale_from_amax(a_amax, Default::default());
-    let a_opts = QuantizeOptions { global_scale: GlobalScale::Given(input_scale), ..Default::default() };
+    let a_opts = QuantizeOptions {
+        global_scale: GlobalScale::Given(input_scale),
+        ..Default::default()
+    };
     let aq = quant::quantize("A", &a, m, k, &a_opts)?;
     pb.inc(1);
 
@@ -91,16 +97,43 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     let wd: Vec<f32> = quant::dequantize(&wq);
     let bytes_bf16 = (n * k * 2) as f64;
     println!();
-    println!("weights  W  [{n}, {k}]: {:.2} MiB bf16 -> {:.2} MiB NVFP4 ({:.3} bits/weight)",
-        bytes_bf16 / 1048576.0, wq.size_bytes() as f64 / 1048576.0, wq.size_bytes() as f64 * 8.0 / (n * k) as f64);
-    println!("  global scale {:e} (amax / 2688), input_scale of A {:e}", wq.global_scale(), input_scale);
-    println!("  W quantization        {}", ErrorStats::new(
-        wd.iter().map(|&x| x as f64), w.iter().map(|x| x.to_f64())));
+    println!(
+        "weights  W  [{n}, {k}]: {:.2} MiB bf16 -> {:.2} MiB NVFP4 ({:.3} bits/weight)",
+        bytes_bf16 / 1048576.0,
+        wq.size_bytes() as f64 / 1048576.0,
+        wq.size_bytes() as f64 * 8.0 / (n * k) as f64
+    );
+    println!(
+        "  global scale {:e} (amax / 2688), input_scale of A {:e}",
+        wq.global_scale(),
+        input_scale
+    );
+    println!(
+        "  W quantization        {}",
+        ErrorStats::new(wd.iter().map(|&x| x as f64), w.iter().map(|x| x.to_f64()))
+    );
     println!("GEMM outputs vs the bf16 GEMM (f64-accumulated references):");
-    println!("  W4A16 (NVFP4 W, bf16 A)  {}", ErrorStats::new(w4a16.values.iter().copied(), exact.values.iter().copied()));
-    println!("  W4A4  (NVFP4 W and A)    {}", ErrorStats::new(w4a4.values.iter().copied(), exact.values.iter().copied()));
-    println!("CPU ({} threads), median of {reps}:", rayon::current_num_threads());
-    println!("  quantize   bf16 -> NVFP4  {:7.2} ms  {:6.2} GB/s of bf16 input", tq * 1e3, bytes_bf16 / tq / 1e9);
-    println!("  dequantize NVFP4 -> bf16  {:7.2} ms  {:6.2} GB/s of bf16 output", td * 1e3, bytes_bf16 / td / 1e9);
+    println!(
+        "  W4A16 (NVFP4 W, bf16 A)  {}",
+        ErrorStats::new(w4a16.values.iter().copied(), exact.values.iter().copied())
+    );
+    println!(
+        "  W4A4  (NVFP4 W and A)    {}",
+        ErrorStats::new(w4a4.values.iter().copied(), exact.values.iter().copied())
+    );
+    println!(
+        "CPU ({} threads), median of {reps}:",
+        rayon::current_num_threads()
+    );
+    println!(
+        "  quantize   bf16 -> NVFP4  {:7.2} ms  {:6.2} GB/s of bf16 input",
+        tq * 1e3,
+        bytes_bf16 / tq / 1e9
+    );
+    println!(
+        "  dequantize NVFP4 -> bf16  {:7.2} ms  {:6.2} GB/s of bf16 output",
+        td * 1e3,
+        bytes_bf16 / td / 1e9
+    );
     Ok(())
 }

@@ -22,14 +22,26 @@ impl ErrorStats {
             max_abs = max_abs.max(e.abs());
         }
         let rel_rmse = if sig > 0.0 { (noise / sig).sqrt() } else { 0.0 };
-        let snr_db = if noise > 0.0 { 10.0 * (sig / noise).log10() } else { f64::INFINITY };
-        ErrorStats { rel_rmse, snr_db, max_abs }
+        let snr_db = if noise > 0.0 {
+            10.0 * (sig / noise).log10()
+        } else {
+            f64::INFINITY
+        };
+        ErrorStats {
+            rel_rmse,
+            snr_db,
+            max_abs,
+        }
     }
 }
 
 impl std::fmt::Display for ErrorStats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "rel RMSE {:.4}  SNR {:6.2} dB  max |err| {:.4e}", self.rel_rmse, self.snr_db, self.max_abs)
+        write!(
+            f,
+            "rel RMSE {:.4}  SNR {:6.2} dB  max |err| {:.4e}",
+            self.rel_rmse, self.snr_db, self.max_abs
+        )
     }
 }
 
