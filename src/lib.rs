@@ -16,9 +16,11 @@
 //! assert_eq!(back.len(), 64);
 //! ```
 
+pub mod checkpoint;
 pub mod cuda;
 pub mod error;
 pub mod format;
+pub mod offload;
 pub mod ops;
 pub mod quant;
 pub mod reference;

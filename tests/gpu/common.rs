@@ -1,0 +1,47 @@
+//! What every GPU test shares: the device (or a visible skip) and seeded test data.
+
+use nvfp4::cuda::Device;
+use nvfp4::format::Element;
+use nvfp4::reference::synthetic::Rng;
+
+/// The device, or `None` after printing why the test skips (a panic under `NVFP4_REQUIRE_GPU=1`).
+pub fn device(test: &str) -> Option<Device> {
+    match Device::new(0) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            if std::env::var("NVFP4_REQUIRE_GPU").is_ok_and(|v| v == "1") {
+                panic!("{test}: NVFP4_REQUIRE_GPU=1 but no GPU: {e}");
+            }
+            eprintln!("SKIPPED {test}: no GPU ({e})");
+            None
+        }
+    }
+}
+
+pub fn under_sanitizer() -> bool {
+    std::env::var_os("CUDA_INJECTION64_PATH").is_some()
+}
+
+/// Random values mixing the shapes real tensors have: normal bulk, heavy tails, tiny values, exact
+/// zeros and -0.0, E2M1 grid points times powers of two, and values on rounding ties.
+pub fn mixed_values(rng: &mut Rng, n: usize) -> Vec<f32> {
+    (0..n)
+        .map(|_| match rng.next_u64() % 10 {
+            0 => 0.0,
+            1 => -0.0,
+            2 => rng.normal() * 1e-6,
+            3 => rng.normal() * 300.0,
+            4 => {
+                let grid = [0.25f32, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, 6.0];
+                let sign = if rng.next_u64() % 2 == 0 { 1.0 } else { -1.0 };
+                sign * grid[(rng.next_u64() % 8) as usize] * 2f32.powi((rng.next_u64() % 9) as i32 - 4)
+            }
+            _ => rng.normal(),
+        })
+        .collect()
+}
+
+pub fn convert<T: Element>(v: &[f32]) -> Vec<T> {
+    v.iter().map(|&x| T::from_f32(x)).collect()
+}
+

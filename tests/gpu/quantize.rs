@@ -1,0 +1,432 @@
+//! GPU quantize, dequantize and scale-layout conversion against the CPU, byte for byte.
+
+use std::sync::Arc;
+
+use cudarc::driver::CudaStream;
+use half::{bf16, f16};
+use nvfp4::cuda::{Device, KernelId, alloc_zeros, download, upload};
+use nvfp4::format::{Element, ScaleLayout, ZeroSign};
+use nvfp4::ops::{self, DeviceNvfp4, GpuElement};
+use nvfp4::quant::{self, GlobalScale, GlobalScaleRule, NonFinite, QuantizeOptions};
+use nvfp4::reference::synthetic::Rng;
+use nvfp4::{Error, Nvfp4Tensor};
+
+use crate::common::{convert, device, mixed_values, under_sanitizer};
+
+/// Quantizes on both sides and compares every byte; `what` names the case in the failure message.
+fn check_quantize<T: GpuElement>(
+    dev: &Device,
+    stream: &Arc<CudaStream>,
+    host: &[T],
+    rows: usize,
+    cols: usize,
+    opts: &QuantizeOptions,
+    what: &str,
+) {
+    let cpu = quant::quantize("x", host, rows, cols, opts);
+    let x = upload(stream, "x", host).unwrap();
+    let gpu = ops::quantize(dev, stream, "x", &x, rows, cols, opts).and_then(|t| t.download(stream));
+    match (cpu, gpu) {
+        (Ok(c), Ok(g)) => {
+            assert_eq!(
+                c.global_scale().to_bits(),
+                g.global_scale().to_bits(),
+                "{what}: global scale"
+            );
+            if let Some(i) = c.scales().iter().zip(g.scales()).position(|(a, b)| a != b) {
+                panic!(
+                    "{what}: scale byte {i}: cpu {:#04x} gpu {:#04x}",
+                    c.scales()[i],
+                    g.scales()[i]
+                );
+            }
+            if let Some(i) = c.codes().iter().zip(g.codes()).position(|(a, b)| a != b) {
+                panic!(
+                    "{what}: code byte {i}: cpu {:#04x} gpu {:#04x}",
+                    c.codes()[i],
+                    g.codes()[i]
+                );
+            }
+            assert_eq!(c, g, "{what}");
+        }
+        (Err(Error::NonFinite { index: a, .. }), Err(Error::NonFinite { index: b, .. })) => {
+            assert_eq!(a, b, "{what}: first non-finite index")
+        }
+        (c, g) => panic!("{what}: cpu {:?} vs gpu {:?}", c.map(|_| ()), g.map(|_| ())),
+    }
+}
+
+fn option_grid() -> Vec<QuantizeOptions> {
+    let mut v = Vec::new();
+    for layout in [ScaleLayout::Linear, ScaleLayout::Swizzled128x4] {
+        for zero_sign in [ZeroSign::ModelOpt, ZeroSign::Hardware] {
+            for global_scale in [
+                GlobalScale::FromAmax(GlobalScaleRule::Divide),
+                GlobalScale::FromAmax(GlobalScaleRule::Reciprocal),
+                GlobalScale::Given(0.01),
+            ] {
+                for clamp_scale in [true, false] {
+                    v.push(QuantizeOptions {
+                        global_scale,
+                        zero_sign,
+                        scale_layout: layout,
+                        clamp_scale,
+                        ..Default::default()
+                    });
+                }
+            }
+        }
+    }
+    v
+}
+
+/// Shapes: 1x16, rows not a multiple of 128, K/16 not a multiple of 4, several tiles.
+const SHAPES: [(usize, usize); 6] = [(1, 16), (3, 48), (130, 80), (257, 272), (64, 4096), (1000, 1040)];
+
+fn quantize_matches_cpu_for<T: GpuElement>(test: &str) {
+    let Some(dev) = device(test) else { return };
+    let stream = dev.new_stream().unwrap();
+    let seed = Rng::fresh_seed();
+    let mut rng = Rng::new(seed);
+    for (rows, cols) in SHAPES {
+        let host: Vec<T> = convert(&mixed_values(&mut rng, rows * cols));
+        for opts in option_grid() {
+            check_quantize(
+                &dev,
+                &stream,
+                &host,
+                rows,
+                cols,
+                &opts,
+                &format!("seed {seed} {rows}x{cols} {opts:?}"),
+            );
+        }
+    }
+}
+
+#[test]
+fn gpu_quantize_matches_cpu_f32() {
+    quantize_matches_cpu_for::<f32>("gpu_quantize_matches_cpu_f32");
+}
+
+#[test]
+fn gpu_quantize_matches_cpu_f16() {
+    quantize_matches_cpu_for::<f16>("gpu_quantize_matches_cpu_f16");
+}
+
+#[test]
+fn gpu_quantize_matches_cpu_bf16() {
+    quantize_matches_cpu_for::<bf16>("gpu_quantize_matches_cpu_bf16");
+}
+
+#[test]
+fn gpu_quantize_special_values_match_cpu() {
+    let Some(dev) = device("gpu_quantize_special_values_match_cpu") else {
+        return;
+    };
+    let stream = dev.new_stream().unwrap();
+    let s2 = 0.01f32;
+    let mut specials = vec![
+        0.0,
+        -0.0,
+        f32::from_bits(1),
+        -f32::from_bits(0x7F_FFFF),
+        f32::MIN_POSITIVE,
+        1e-30,
+        448.0 * 6.0 * s2,
+        448.0 * 6.0 * s2 * 1.001,
+        -1e30,
+        f32::MAX,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+        -f32::NAN,
+    ];
+    // Exact ties of the E2M1 grid for a block whose scale is 1.0 * s2 * k.
+    for t in [0.25f32, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0] {
+        specials.push(t * 6.0 * s2);
+        specials.push(-t * 6.0 * s2);
+    }
+    while specials.len() % 16 != 0 {
+        specials.push(6.0 * s2 * 6.0);
+    }
+    let rows = specials.len() / 16;
+    for opts in option_grid() {
+        for non_finite in [NonFinite::Saturate, NonFinite::Error] {
+            let opts = QuantizeOptions { non_finite, ..opts };
+            check_quantize(
+                &dev,
+                &stream,
+                &specials,
+                rows,
+                16,
+                &opts,
+                &format!("specials f32 {opts:?}"),
+            );
+            let h: Vec<f16> = convert(&specials);
+            check_quantize(
+                &dev,
+                &stream,
+                &h,
+                rows,
+                16,
+                &opts,
+                &format!("specials f16 {opts:?}"),
+            );
+            let b: Vec<bf16> = convert(&specials);
+            check_quantize(
+                &dev,
+                &stream,
+                &b,
+                rows,
+                16,
+                &opts,
+                &format!("specials bf16 {opts:?}"),
+            );
+        }
+    }
+    // An all-zero tensor: global scale 0, scales 0x38, codes 0.
+    let zeros = vec![0.0f32; 64];
+    check_quantize(
+        &dev,
+        &stream,
+        &zeros,
+        2,
+        32,
+        &QuantizeOptions::default(),
+        "all zero",
+    );
+}
+
+#[test]
+fn gpu_quantize_pads_k_like_cpu() {
+    let Some(dev) = device("gpu_quantize_pads_k_like_cpu") else {
+        return;
+    };
+    let stream = dev.new_stream().unwrap();
+    let seed = Rng::fresh_seed();
+    let mut rng = Rng::new(seed);
+    for (rows, cols) in [(1, 1), (5, 17), (130, 100), (3, 4095)] {
+        let host: Vec<bf16> = convert(&mixed_values(&mut rng, rows * cols));
+        for layout in [ScaleLayout::Linear, ScaleLayout::Swizzled128x4] {
+            let opts = QuantizeOptions {
+                pad_k: true,
+                scale_layout: layout,
+                ..Default::default()
+            };
+            check_quantize(
+                &dev,
+                &stream,
+                &host,
+                rows,
+                cols,
+                &opts,
+                &format!("seed {seed} pad {rows}x{cols}"),
+            );
+        }
+        let x = upload(&stream, "x", &host).unwrap();
+        let err = ops::quantize(&dev, &stream, "x", &x, rows, cols, &QuantizeOptions::default());
+        assert!(
+            cols % 16 == 0 || matches!(err, Err(Error::Shape { .. })),
+            "unpadded K {cols} must be refused"
+        );
+    }
+}
+
+#[test]
+fn gpu_quantize_kernel_writes_every_byte() {
+    // Poison the outputs, launch the kernel directly, and compare: a byte the kernel forgot shows up.
+    let Some(dev) = device("gpu_quantize_kernel_writes_every_byte") else {
+        return;
+    };
+    let stream = dev.new_stream().unwrap();
+    let seed = Rng::fresh_seed();
+    let (rows, cols) = (77, 208);
+    let host: Vec<bf16> = convert(&mixed_values(&mut Rng::new(seed), rows * cols));
+    let cpu = quant::quantize("x", &host, rows, cols, &QuantizeOptions::default()).unwrap();
+    let x = upload(&stream, "x", &host).unwrap();
+    let gs = upload(&stream, "gs", &[cpu.global_scale()]).unwrap();
+    let mut codes = upload(&stream, "codes", &vec![0xA5u8; rows * cols / 2]).unwrap();
+    let mut scales = upload(&stream, "scales", &vec![0x5Au8; rows * cols / 16]).unwrap();
+    let shape = nvfp4::cuda::launch::QuantizeShape {
+        rows,
+        cols,
+        cols_padded: cols,
+        scale_layout: ScaleLayout::Linear,
+        zero_sign: ZeroSign::ModelOpt,
+        clamp_scale: true,
+    };
+    nvfp4::cuda::launch::quantize(&dev, &stream, &x, shape, &gs, &mut codes, &mut scales).unwrap();
+    assert_eq!(
+        download(&stream, "codes", &codes).unwrap(),
+        cpu.codes(),
+        "seed {seed}"
+    );
+    assert_eq!(
+        download(&stream, "scales", &scales).unwrap(),
+        cpu.scales(),
+        "seed {seed}"
+    );
+}
+
+fn dequantize_matches_cpu_for<T: GpuElement + PartialEq + std::fmt::Debug>(
+    dev: &Device,
+    stream: &Arc<CudaStream>,
+    t: &Nvfp4Tensor,
+    what: &str,
+) {
+    let cpu: Vec<T> = quant::dequantize(t);
+    let d = DeviceNvfp4::upload(stream, t).unwrap();
+    // Poison: every output starts as all-ones bits (a NaN in every type).
+    let mut out = upload(stream, "out", &vec![T::from_f32(f32::NAN); cpu.len()]).unwrap();
+    ops::dequantize(dev, stream, &d, &mut out).unwrap();
+    let gpu = download(stream, "out", &out).unwrap();
+    let bits = |v: &T| bytemuck::bytes_of(v).to_vec();
+    if let Some(i) = cpu.iter().zip(&gpu).position(|(a, b)| bits(a) != bits(b)) {
+        panic!("{what}: element {i}: cpu {:?} gpu {:?}", cpu[i], gpu[i]);
+    }
+}
+
+#[test]
+fn gpu_dequantize_matches_cpu_bit_for_bit() {
+    let Some(dev) = device("gpu_dequantize_matches_cpu_bit_for_bit") else {
+        return;
+    };
+    let stream = dev.new_stream().unwrap();
+    let seed = Rng::fresh_seed();
+    let mut rng = Rng::new(seed);
+    for (rows, cols) in SHAPES {
+        let host = mixed_values(&mut rng, rows * cols);
+        for layout in [ScaleLayout::Linear, ScaleLayout::Swizzled128x4] {
+            let opts = QuantizeOptions {
+                scale_layout: layout,
+                ..Default::default()
+            };
+            let t = quant::quantize("x", &host, rows, cols, &opts).unwrap();
+            let what = format!("seed {seed} {rows}x{cols} {layout:?}");
+            dequantize_matches_cpu_for::<f32>(&dev, &stream, &t, &what);
+            dequantize_matches_cpu_for::<f16>(&dev, &stream, &t, &what);
+            dequantize_matches_cpu_for::<bf16>(&dev, &stream, &t, &what);
+        }
+    }
+}
+
+#[test]
+fn gpu_scale_layout_conversion_matches_cpu() {
+    let Some(dev) = device("gpu_scale_layout_conversion_matches_cpu") else {
+        return;
+    };
+    let stream = dev.new_stream().unwrap();
+    let seed = Rng::fresh_seed();
+    let mut rng = Rng::new(seed);
+    for (rows, cols) in SHAPES {
+        let host = mixed_values(&mut rng, rows * cols);
+        let lin = quant::quantize("x", &host, rows, cols, &QuantizeOptions::default()).unwrap();
+        let swz = lin.clone().with_scale_layout(ScaleLayout::Swizzled128x4).unwrap();
+        let mut d = DeviceNvfp4::upload(&stream, &lin).unwrap();
+        d.set_scale_layout(&dev, &stream, ScaleLayout::Swizzled128x4)
+            .unwrap();
+        assert_eq!(
+            d.download(&stream).unwrap(),
+            swz,
+            "seed {seed} {rows}x{cols} to swizzled"
+        );
+        d.set_scale_layout(&dev, &stream, ScaleLayout::Linear).unwrap();
+        assert_eq!(
+            d.download(&stream).unwrap(),
+            lin,
+            "seed {seed} {rows}x{cols} back to linear"
+        );
+    }
+}
+
+#[test]
+fn gpu_every_kernel_loads() {
+    let Some(dev) = device("gpu_every_kernel_loads") else {
+        return;
+    };
+    assert!(dev.has_kernels(), "no kernels for {}", dev.info().arch());
+    // A zero-sized launch of each kernel through its op proves the symbol resolved.
+    for k in KernelId::ALL {
+        eprintln!("kernel {} from unit {}", k.symbol(), k.unit());
+    }
+    let stream = dev.new_stream().unwrap();
+    let x = upload(&stream, "x", &[1.0f32; 16]).unwrap();
+    let mut t = ops::quantize(&dev, &stream, "x", &x, 1, 16, &QuantizeOptions::default()).unwrap();
+    t.set_scale_layout(&dev, &stream, ScaleLayout::Swizzled128x4)
+        .unwrap();
+    let mut out = alloc_zeros::<f32>(&stream, "out", 16).unwrap();
+    ops::dequantize(&dev, &stream, &t, &mut out).unwrap();
+    assert_eq!(download(&stream, "out", &out).unwrap(), vec![1.0f32; 16]);
+    println!("device: {:?}", dev.info());
+}
+
+#[test]
+fn gpu_out_of_memory_is_a_typed_error() {
+    let Some(dev) = device("gpu_out_of_memory_is_a_typed_error") else {
+        return;
+    };
+    let stream = dev.new_stream().unwrap();
+    let too_big = dev.info().total_memory * 4;
+    match alloc_zeros::<u8>(&stream, "huge", too_big) {
+        Err(Error::OutOfMemory { bytes, .. }) => assert_eq!(bytes, too_big),
+        other => panic!("expected OutOfMemory, got {:?}", other.map(|_| ())),
+    }
+}
+
+#[test]
+fn gpu_quantize_reports_the_first_non_finite_like_cpu() {
+    let Some(dev) = device("gpu_quantize_reports_the_first_non_finite_like_cpu") else {
+        return;
+    };
+    let stream = dev.new_stream().unwrap();
+    let mut host = vec![1.0f32; 64 * 1024];
+    host[40_000] = f32::INFINITY;
+    host[50_000] = f32::NAN;
+    let x = upload(&stream, "x", &host).unwrap();
+    match ops::quantize(&dev, &stream, "x", &x, 64, 1024, &QuantizeOptions::default()) {
+        Err(Error::NonFinite { index, row, col, .. }) => assert_eq!((index, row, col), (40_000, 39, 64)),
+        other => panic!("expected NonFinite, got {:?}", other.map(|_| ())),
+    }
+}
+
+#[test]
+fn gpu_quantize_beyond_2_pow_32_elements() {
+    let Some(dev) = device("gpu_quantize_beyond_2_pow_32_elements") else {
+        return;
+    };
+    if under_sanitizer() {
+        eprintln!(
+            "SKIPPED gpu_quantize_beyond_2_pow_32_elements under compute-sanitizer (hours at this size)"
+        );
+        return;
+    }
+    // 131073 x 32768 = 2^32 + 32768 elements: every index past 2^32 must land where the CPU puts it.
+    let (rows, cols) = ((1usize << 17) + 1, 1usize << 15);
+    let need = rows * cols * 2 + rows * cols / 2 * 2 + rows * cols / 16;
+    if dev.info().total_memory < need + (1 << 30) {
+        panic!(
+            "the device has {} bytes, the test needs {need}",
+            dev.info().total_memory
+        );
+    }
+    use rayon::prelude::*;
+    let seed = Rng::fresh_seed();
+    let host: Vec<bf16> = (0..rows * cols)
+        .into_par_iter()
+        .map(|i| {
+            let mut r = Rng::new(seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            bf16::from_f32(r.normal() * if i % 4097 == 0 { 50.0 } else { 1.0 })
+        })
+        .collect();
+    let stream = dev.new_stream().unwrap();
+    check_quantize(
+        &dev,
+        &stream,
+        &host,
+        rows,
+        cols,
+        &QuantizeOptions::default(),
+        &format!("seed {seed} 2^32+"),
+    );
+}
