@@ -165,10 +165,9 @@ pub fn global_scale_from_amax(amax: f32, rule: GlobalScaleRule) -> f32 {
     }
 }
 
-/// The scale byte and the eight packed code bytes of one 16-element block. `MODELOPT` selects the
-/// zero-sign rule at compile time so the element loop has no branch.
+/// The E4M3 scale byte of one 16-element block and its decode scale `d = e4m3(sf) * s2`.
 #[inline(always)]
-fn quantize_block<const MODELOPT: bool>(x: &[f32; BLOCK], s2: f32, clamp: bool, codes: &mut [u8]) -> u8 {
+fn block_scale(x: &[f32; BLOCK], s2: f32, clamp: bool) -> (u8, f32) {
     // Four independent running maxima (a 4-lane vector) instead of one 16-long dependency chain.
     // NaN and Inf lanes are zeroed first, so `a > m` is an ordinary max.
     let mut lanes = [0.0f32; 4];
@@ -194,7 +193,13 @@ fn quantize_block<const MODELOPT: bool>(x: &[f32; BLOCK], s2: f32, clamp: bool, 
     // The upper bound holds with or without the clamp, so no scale byte is ever NaN.
     s = s.min(e4m3::MAX);
     let sf = e4m3::encode_f32(s, e4m3::Overflow::NonSaturating);
-    let d = e4m3::decode_f32(sf) * s2;
+    (sf, e4m3::decode_f32(sf) * s2)
+}
+
+/// The eight packed code bytes of one block whose decode scale is `d`. `MODELOPT` selects the
+/// zero-sign rule at compile time so the element loop has no branch.
+#[inline(always)]
+fn block_codes<const MODELOPT: bool>(x: &[f32; BLOCK], d: f32, codes: &mut [u8]) {
     // The element loop works on 32-bit lanes only (f32 values, i32 masks and codes) so it vectorizes;
     // it is `e2m1::encode_f32` spelled lane-wise, and the exhaustive tests hold the two equal.
     let mut q = [0i32; BLOCK];
@@ -219,6 +224,13 @@ fn quantize_block<const MODELOPT: bool>(x: &[f32; BLOCK], s2: f32, clamp: bool, 
     for i in 0..BLOCK / 2 {
         codes[i] = (q[2 * i] | (q[2 * i + 1] << 4)) as u8;
     }
+}
+
+/// Scale byte and codes of one block (the two halves above, back to back).
+#[inline(always)]
+fn quantize_block<const MODELOPT: bool>(x: &[f32; BLOCK], s2: f32, clamp: bool, codes: &mut [u8]) -> u8 {
+    let (sf, d) = block_scale(x, s2, clamp);
+    block_codes::<MODELOPT>(x, d, codes);
     sf
 }
 
@@ -371,11 +383,25 @@ fn fill<T: Element, const MODELOPT: bool>(
 /// (the `multiversion` crate), so the element loop is 8 lanes wide where the CPU allows.
 #[multiversion::multiversion(targets("x86_64+avx2+fma", "x86_64+avx"))]
 fn run<T: Element, const MODELOPT: bool>(x: &[T], s2: f32, clamp: bool, codes: &mut [u8], scales: &mut [u8]) {
+    // Two passes over groups of blocks: first every scale (a long serial chain per block: max,
+    // divide, round, decode), then every block's codes. Within a pass the blocks are independent, so
+    // the CPU overlaps their divisions instead of waiting on one block's chain at a time.
+    const GROUP: usize = 64;
+    let mut d = [0.0f32; GROUP];
     for ((c, s), x) in codes
-        .chunks_exact_mut(BLOCK / 2)
-        .zip(scales.iter_mut())
-        .zip(x.chunks_exact(BLOCK))
+        .chunks_mut(GROUP * BLOCK / 2)
+        .zip(scales.chunks_mut(GROUP))
+        .zip(x.chunks(GROUP * BLOCK))
     {
-        *s = quantize_block::<MODELOPT>(&load_block(x), s2, clamp, c);
+        for ((s, d), x) in s.iter_mut().zip(d.iter_mut()).zip(x.chunks_exact(BLOCK)) {
+            (*s, *d) = block_scale(&load_block(x), s2, clamp);
+        }
+        for ((c, &d), x) in c
+            .chunks_exact_mut(BLOCK / 2)
+            .zip(d.iter())
+            .zip(x.chunks_exact(BLOCK))
+        {
+            block_codes::<MODELOPT>(&load_block(x), d, c);
+        }
     }
 }
