@@ -4,7 +4,9 @@
 # Builds the targets the way cargo-fuzz does (libFuzzer linked by libfuzzer-sys, sanitizer-coverage
 # instrumentation, --cfg fuzzing) with the stable toolchain, so CI needs neither nightly nor
 # cargo-fuzz; kernels are skipped (NVFP4_SKIP_KERNELS=1): the targets exercise host code only.
-# FUZZ_SECONDS (default 20) is the time per target.
+# FUZZ_SECONDS (default 20) is the time per target. Each run starts from fuzz/seeds/<target>/ (committed;
+# a crash found goes there as a regression input, replayed by tests/fuzz_replay.rs on stable Rust)
+# plus the git-ignored fuzz/corpus/<target>/ that grows between runs. A crash fails the script.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${FUZZ_SECONDS:-20}
@@ -17,6 +19,7 @@ triple=$(rustc -vV | sed -n 's/^host: //p')
 cargo build --release --manifest-path fuzz/Cargo.toml --target-dir fuzz/target --target "$triple" --bins
 for t in codecs quantize scale_layout; do
   mkdir -p "fuzz/corpus/$t" "fuzz/artifacts/$t"
+  cp -n fuzz/seeds/"$t"/* "fuzz/corpus/$t/" 2>/dev/null || true
   echo "=== fuzz $t for ${secs}s"
   "fuzz/target/$triple/release/$t" -max_total_time="$secs" -max_len=4096 -artifact_prefix="fuzz/artifacts/$t/" "fuzz/corpus/$t" 2>&1 | tail -n 3
 done
