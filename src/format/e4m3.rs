@@ -150,8 +150,8 @@ mod tests {
         assert_eq!(encode_f32(f32::INFINITY, sat), 0x7E);
         assert_eq!(encode_f32(f32::NEG_INFINITY, sat), 0xFE);
         assert_eq!(encode_f32(-f32::NAN, sat), 0x7F);
-        assert_eq!(encode_f32(2f32.powi(-10), sat), 0x00);
-        assert_eq!(encode_f32(3.0 * 2f32.powi(-10), sat), 0x02);
+        assert_eq!(encode_f32(1.0 / 1024.0, sat), 0x00);
+        assert_eq!(encode_f32(3.0 / 1024.0, sat), 0x02);
         assert_eq!(encode_f32(-0.0, sat), 0x80);
     }
 
