@@ -366,6 +366,11 @@ fn gpu_out_of_memory_is_a_typed_error() {
     let Some(dev) = device("gpu_out_of_memory_is_a_typed_error") else {
         return;
     };
+    if under_sanitizer() {
+        // memcheck reports the refused allocation itself as an API error; the path runs unsanitized.
+        eprintln!("SKIPPED gpu_out_of_memory_is_a_typed_error under compute-sanitizer");
+        return;
+    }
     let stream = dev.new_stream().unwrap();
     let too_big = dev.info().total_memory * 4;
     match alloc_zeros::<u8>(&stream, "huge", too_big) {
