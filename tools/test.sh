@@ -10,7 +10,8 @@
 #    unit, integration and doc (GPU tests skip visibly without a GPU; NVFP4_REQUIRE_GPU=1 fails them),
 # 4. checks the kernels' SASS and register spills (tools/check-sass.sh),
 # 5. clippy with -D warnings, with and without the CLI feature,
-# 6. a short fuzz run of every fuzz target (tools/fuzz-smoke.sh).
+# 6. Miri over the format and quant unit tests (tools/miri.sh),
+# 7. a short fuzz run of every fuzz target (tools/fuzz-smoke.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 phase() { echo; echo "=== $1 ($(date +%H:%M:%S))"; }
@@ -34,6 +35,9 @@ tools/check-sass.sh
 phase "clippy"
 cargo clippy --all-targets -- -D warnings
 cargo clippy --lib --no-default-features -- -D warnings
+
+phase "miri (format, quant)"
+tools/miri.sh
 
 phase "fuzz smoke"
 FUZZ_SECONDS=${FUZZ_SECONDS:-20} tools/fuzz-smoke.sh

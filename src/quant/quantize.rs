@@ -405,3 +405,32 @@ fn run<T: Element, const MODELOPT: bool>(x: &[T], s2: f32, clamp: bool, codes: &
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::dequantize;
+
+    #[test]
+    fn reference_row_one_quantizes_as_documented() {
+        // nvfp4-format.md §0.8, row 1: sixteen 1e-3 (bf16) then [10, -7.5, 2.5, 0.625, 0 x 12].
+        let mut x = vec![half::bf16::from_f32(1e-3).to_f32(); 16];
+        x.extend([10.0, -7.5, 2.5, 0.625]);
+        x.extend([0.0; 12]);
+        let q = quantize("row1", &x, 1, 32, &QuantizeOptions::default()).unwrap();
+        assert_eq!(q.global_scale().to_bits(), 0x3B73_CF3D);
+        assert_eq!(q.scales(), [0x13, 0x7E]);
+        assert_eq!(&q.codes()[8..10], [0xE7, 0x13]);
+        let d: Vec<f32> = dequantize(&q);
+        assert_eq!(&d[16..20], [10.0, -6.666_666_5, 2.5, 0.833_333_3]);
+    }
+
+    #[test]
+    fn all_zero_tensor_is_zero_scale_one_codes_zero() {
+        let q = quantize("zeros", &[0.0f32; 64], 2, 32, &QuantizeOptions::default()).unwrap();
+        assert_eq!(q.global_scale(), 0.0);
+        assert!(q.scales().iter().all(|&b| b == 0x38));
+        assert!(q.codes().iter().all(|&b| b == 0));
+        assert!(dequantize::<f32>(&q).iter().all(|&v| v == 0.0 && v.is_sign_positive()));
+    }
+}
