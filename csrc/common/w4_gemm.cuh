@@ -16,7 +16,7 @@
 // step is decoded (double-buffered registers), so each thread keeps 32 bytes (gemv) in flight on top of
 // what the other resident blocks have; the host splits K (grid.z) until the grid has a few blocks per SM.
 //
-// Register budget (ptxas, CUDA 13.0, sm_90a): see the report quoted in gemv_w4a16.cu / gemm_w4a16.cu.
+// Register budgets (ptxas reports per target) are quoted in gemv_w4a16.cu and gemm_w4a16.cu.
 #ifndef NVFP4_COMMON_W4_GEMM_CUH
 #define NVFP4_COMMON_W4_GEMM_CUH
 

@@ -347,16 +347,16 @@ fn gemm_gpu_rejects_bad_shapes_and_types_with_typed_errors() {
     let mut plan = GemmPlan::new(&dev, s, &GemmSpec::w4a16(2, 8, 32)).unwrap();
     let w = quant::quantize("w", &vec![1.0f32; 8 * 64], 8, 64, &QuantizeOptions::default()).unwrap();
     let dw = DeviceNvfp4::upload(s, &w).unwrap();
-    let a = upload(s, "a", &vec![bf16::ONE; 2 * 32]).unwrap();
-    let mut out = upload(s, "out", &vec![bf16::ZERO; 16]).unwrap();
+    let a = upload(s, "a", &[bf16::ONE; 2 * 32]).unwrap();
+    let mut out = upload(s, "out", &[bf16::ZERO; 16]).unwrap();
     let e = plan.w4a16(&dev, s, &a, &dw, None, &mut out).unwrap_err();
     assert!(matches!(&e, Error::Shape { name, .. } if name == "W"), "{e}");
     let w = quant::quantize("w", &vec![1.0f32; 8 * 32], 8, 32, &QuantizeOptions::default()).unwrap();
     let dw = DeviceNvfp4::upload(s, &w).unwrap();
-    let short = upload(s, "a", &vec![bf16::ONE; 31]).unwrap();
+    let short = upload(s, "a", &[bf16::ONE; 31]).unwrap();
     let e = plan.w4a16(&dev, s, &short, &dw, None, &mut out).unwrap_err();
     assert!(matches!(&e, Error::Length { name, .. } if name == "A"), "{e}");
-    let mut wrong = upload(s, "out", &vec![0.0f32; 16]).unwrap();
+    let mut wrong = upload(s, "out", &[0.0f32; 16]).unwrap();
     assert!(plan.w4a16(&dev, s, &a, &dw, None, &mut wrong).is_err());
     plan.w4a16(&dev, s, &a, &dw, None, &mut out).unwrap();
     // Every weight decodes to 1 (code 6 x scale 448 x 1/2688), so every output is the sum of 32 ones.
