@@ -130,6 +130,44 @@ typedef struct nvfp4_scale_layout_params {
     uint32_t _pad;
 } nvfp4_scale_layout_params;
 
+/*
+ * nvfp4_gemm_* / nvfp4_gemv_*: out[M, N] = alpha * (A[M, K] . W[N, K]^T) + bias[N] (ops::gemm; the CPU
+ * twins are reference::gemm_w4a16 and reference::gemm_w4a4). W is NVFP4 in the ModelOpt layout: codes
+ * [N, K/2] (element 2i in the low nibble), linear E4M3 scales [N, K/16], f32 global scale on the device.
+ * A is bf16 or f16 [M, K] (W4A16 kernels), or NVFP4 like W (W4A4 kernels). alpha is the product of the
+ * global scales (read on the device). K is a multiple of 16; M, N any >= 1.
+ *   Tensor cores (mma.sync m16n8k16, f32 accumulate, sm_80+); both operands decoded exactly to bf16/f16.
+ *   Launch: blockDim.x = 128 (4 warps, 16 output columns each); grid = (ceil(N / 64),
+ *   ceil(M / (16 * MT)), splits), MT = 1 for nvfp4_gemv_* and 4 for nvfp4_gemm_*. Split z covers K steps
+ *   of 128 [z * steps_per_split, min((z + 1) * steps_per_split, ceil(K / 128))); every split must be
+ *   non-empty.
+ *   splits > 1: each split writes raw f32 partial sums to workspace [splits, M, N]; the last block of
+ *   each (x, y) tile to finish (counted in counters[y * grid.x + x], which must be 0 before the launch
+ *   and is 0 again after it) sums them in split order, so the result is deterministic. Launches that
+ *   share a workspace must not overlap.
+ *   16-byte loads of codes when K % 32 == 0 (rows are then 16-byte aligned), 4-byte loads otherwise.
+ */
+typedef struct nvfp4_gemm_params {
+    const void *a;               /* [M, K] bf16/f16, or NVFP4 codes [M, K/2] for W4A4 */
+    const uint8_t *a_scales;     /* W4A4: linear E4M3 [M, K/16]; otherwise unused */
+    const float *a_global_scale; /* W4A4: one f32; otherwise unused */
+    const uint8_t *w_codes;      /* [N, K/2] */
+    const uint8_t *w_scales;     /* linear E4M3 [N, K/16] */
+    const float *w_global_scale; /* one f32 */
+    const void *bias;            /* [N] of bias_dtype, or NULL */
+    void *out;                   /* [M, N] of out_dtype, row-major */
+    float *workspace;            /* [splits, M, N] f32 when splits > 1, else unused */
+    uint32_t *counters;          /* [grid.x * grid.y] zeros when splits > 1, else unused */
+    uint32_t m;
+    uint32_t n;
+    uint32_t k;
+    uint32_t splits;
+    uint32_t steps_per_split;
+    uint32_t out_dtype;  /* enum nvfp4_dtype */
+    uint32_t bias_dtype; /* enum nvfp4_dtype; ignored when bias is NULL */
+    uint32_t _pad;
+} nvfp4_gemm_params;
+
 #ifdef __cplusplus
 } /* extern "C" */
 #endif
@@ -140,6 +178,12 @@ extern "C" __global__ void nvfp4_global_scale(nvfp4_global_scale_params p);
 extern "C" __global__ void nvfp4_quantize(nvfp4_quantize_params p);
 extern "C" __global__ void nvfp4_dequantize(nvfp4_dequantize_params p);
 extern "C" __global__ void nvfp4_scale_layout(nvfp4_scale_layout_params p);
+extern "C" __global__ void nvfp4_gemv_w4a16_bf16(nvfp4_gemm_params p);
+extern "C" __global__ void nvfp4_gemv_w4a16_f16(nvfp4_gemm_params p);
+extern "C" __global__ void nvfp4_gemv_w4a4(nvfp4_gemm_params p);
+extern "C" __global__ void nvfp4_gemm_w4a16_bf16(nvfp4_gemm_params p);
+extern "C" __global__ void nvfp4_gemm_w4a16_f16(nvfp4_gemm_params p);
+extern "C" __global__ void nvfp4_gemm_w4a4(nvfp4_gemm_params p);
 #endif
 
 #endif /* NVFP4_H */

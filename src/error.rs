@@ -97,6 +97,14 @@ pub enum Error {
         /// The driver's error.
         source: cudarc::driver::DriverError,
     },
+    /// A cuBLAS call failed (the benchmark baseline, feature `cublas`).
+    #[error("cuBLAS {context}: {message}")]
+    Cublas {
+        /// The call or operation.
+        context: String,
+        /// cuBLAS's status.
+        message: String,
+    },
     /// An I/O error with the path involved.
     #[error("{path}: {source}")]
     Io {

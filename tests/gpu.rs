@@ -7,5 +7,7 @@
 
 #[path = "gpu/common.rs"]
 mod common;
+#[path = "gpu/gemm.rs"]
+mod gemm;
 #[path = "gpu/quantize.rs"]
 mod quantize;

@@ -166,3 +166,59 @@ const _: () = {
     ["Offset of field: nvfp4_scale_layout_params::_pad"]
         [::core::mem::offset_of!(nvfp4_scale_layout_params, _pad) - 36usize];
 };
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct nvfp4_gemm_params {
+    pub a: *const ::core::ffi::c_void,
+    pub a_scales: *const u8,
+    pub a_global_scale: *const f32,
+    pub w_codes: *const u8,
+    pub w_scales: *const u8,
+    pub w_global_scale: *const f32,
+    pub bias: *const ::core::ffi::c_void,
+    pub out: *mut ::core::ffi::c_void,
+    pub workspace: *mut f32,
+    pub counters: *mut u32,
+    pub m: u32,
+    pub n: u32,
+    pub k: u32,
+    pub splits: u32,
+    pub steps_per_split: u32,
+    pub out_dtype: u32,
+    pub bias_dtype: u32,
+    pub _pad: u32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of nvfp4_gemm_params"][::core::mem::size_of::<nvfp4_gemm_params>() - 112usize];
+    ["Alignment of nvfp4_gemm_params"][::core::mem::align_of::<nvfp4_gemm_params>() - 8usize];
+    ["Offset of field: nvfp4_gemm_params::a"][::core::mem::offset_of!(nvfp4_gemm_params, a) - 0usize];
+    ["Offset of field: nvfp4_gemm_params::a_scales"]
+        [::core::mem::offset_of!(nvfp4_gemm_params, a_scales) - 8usize];
+    ["Offset of field: nvfp4_gemm_params::a_global_scale"]
+        [::core::mem::offset_of!(nvfp4_gemm_params, a_global_scale) - 16usize];
+    ["Offset of field: nvfp4_gemm_params::w_codes"]
+        [::core::mem::offset_of!(nvfp4_gemm_params, w_codes) - 24usize];
+    ["Offset of field: nvfp4_gemm_params::w_scales"]
+        [::core::mem::offset_of!(nvfp4_gemm_params, w_scales) - 32usize];
+    ["Offset of field: nvfp4_gemm_params::w_global_scale"]
+        [::core::mem::offset_of!(nvfp4_gemm_params, w_global_scale) - 40usize];
+    ["Offset of field: nvfp4_gemm_params::bias"][::core::mem::offset_of!(nvfp4_gemm_params, bias) - 48usize];
+    ["Offset of field: nvfp4_gemm_params::out"][::core::mem::offset_of!(nvfp4_gemm_params, out) - 56usize];
+    ["Offset of field: nvfp4_gemm_params::workspace"]
+        [::core::mem::offset_of!(nvfp4_gemm_params, workspace) - 64usize];
+    ["Offset of field: nvfp4_gemm_params::counters"]
+        [::core::mem::offset_of!(nvfp4_gemm_params, counters) - 72usize];
+    ["Offset of field: nvfp4_gemm_params::m"][::core::mem::offset_of!(nvfp4_gemm_params, m) - 80usize];
+    ["Offset of field: nvfp4_gemm_params::n"][::core::mem::offset_of!(nvfp4_gemm_params, n) - 84usize];
+    ["Offset of field: nvfp4_gemm_params::k"][::core::mem::offset_of!(nvfp4_gemm_params, k) - 88usize];
+    ["Offset of field: nvfp4_gemm_params::splits"]
+        [::core::mem::offset_of!(nvfp4_gemm_params, splits) - 92usize];
+    ["Offset of field: nvfp4_gemm_params::steps_per_split"]
+        [::core::mem::offset_of!(nvfp4_gemm_params, steps_per_split) - 96usize];
+    ["Offset of field: nvfp4_gemm_params::out_dtype"]
+        [::core::mem::offset_of!(nvfp4_gemm_params, out_dtype) - 100usize];
+    ["Offset of field: nvfp4_gemm_params::bias_dtype"]
+        [::core::mem::offset_of!(nvfp4_gemm_params, bias_dtype) - 104usize];
+    ["Offset of field: nvfp4_gemm_params::_pad"][::core::mem::offset_of!(nvfp4_gemm_params, _pad) - 108usize];
+};

@@ -21,16 +21,34 @@ pub enum KernelId {
     Dequantize,
     /// Block-scale layout conversion.
     ScaleLayout,
+    /// W4A16 tensor-core GEMM, bf16 activations, 16 rows of M per block.
+    GemvW4a16Bf16,
+    /// W4A16 tensor-core GEMM, f16 activations, 16 rows of M per block.
+    GemvW4a16F16,
+    /// W4A4 tensor-core GEMM, 16 rows of M per block.
+    GemvW4a4,
+    /// W4A16 tensor-core GEMM, bf16 activations, 64 rows of M per block.
+    GemmW4a16Bf16,
+    /// W4A16 tensor-core GEMM, f16 activations, 64 rows of M per block.
+    GemmW4a16F16,
+    /// W4A4 tensor-core GEMM, 64 rows of M per block.
+    GemmW4a4,
 }
 
 impl KernelId {
     /// Every kernel.
-    pub const ALL: [KernelId; 5] = [
+    pub const ALL: [KernelId; 11] = [
         KernelId::Amax,
         KernelId::GlobalScale,
         KernelId::Quantize,
         KernelId::Dequantize,
         KernelId::ScaleLayout,
+        KernelId::GemvW4a16Bf16,
+        KernelId::GemvW4a16F16,
+        KernelId::GemvW4a4,
+        KernelId::GemmW4a16Bf16,
+        KernelId::GemmW4a16F16,
+        KernelId::GemmW4a4,
     ];
 
     /// The `extern "C"` symbol.
@@ -41,6 +59,12 @@ impl KernelId {
             KernelId::Quantize => "nvfp4_quantize",
             KernelId::Dequantize => "nvfp4_dequantize",
             KernelId::ScaleLayout => "nvfp4_scale_layout",
+            KernelId::GemvW4a16Bf16 => "nvfp4_gemv_w4a16_bf16",
+            KernelId::GemvW4a16F16 => "nvfp4_gemv_w4a16_f16",
+            KernelId::GemvW4a4 => "nvfp4_gemv_w4a4",
+            KernelId::GemmW4a16Bf16 => "nvfp4_gemm_w4a16_bf16",
+            KernelId::GemmW4a16F16 => "nvfp4_gemm_w4a16_f16",
+            KernelId::GemmW4a4 => "nvfp4_gemm_w4a4",
         }
     }
 
@@ -52,6 +76,8 @@ impl KernelId {
             | KernelId::Quantize
             | KernelId::Dequantize
             | KernelId::ScaleLayout => "quantize",
+            KernelId::GemvW4a16Bf16 | KernelId::GemvW4a16F16 | KernelId::GemvW4a4 => "gemv_w4a16",
+            KernelId::GemmW4a16Bf16 | KernelId::GemmW4a16F16 | KernelId::GemmW4a4 => "gemm_w4a16",
         }
     }
 }

@@ -7,13 +7,18 @@
 
 #[rustfmt::skip] // bindgen output, compared byte for byte by tests/abi_bindgen.rs
 pub mod abi;
+#[cfg(feature = "cublas")]
+mod blas;
 mod device;
 mod kernels;
 pub mod launch;
+pub mod launch_gemm;
 mod memory;
 mod pinned;
 mod stream;
 
+#[cfg(feature = "cublas")]
+pub use blas::CublasBf16;
 pub use device::{Device, DeviceInfo};
 pub use kernels::{KernelId, NVCC_VERSION, TARGETS, fatbin_sizes};
 pub(crate) use memory::cuda as cuda_err;

@@ -1,9 +1,12 @@
 //! Safe GPU operations, one function per kernel family, each the twin of a CPU function in
-//! [`crate::quant`] with the same semantics and, where the math is exact, the same bytes.
+//! [`crate::quant`] or [`crate::reference`] with the same semantics and, where the math is exact, the
+//! same bytes.
 //!
 //! Ops take the caller's `Arc<CudaStream>` and enqueue work on it; they synchronize only where the
 //! documentation says so (reading a result back).
 
+mod gemm;
 mod quantize;
 
+pub use gemm::{GemmKernel, GemmOp, GemmPlan, GemmSpec, plan};
 pub use quantize::{DeviceNvfp4, GpuElement, dequantize, quantize, quantize_into};

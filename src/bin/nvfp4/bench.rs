@@ -18,6 +18,8 @@ pub enum BenchCommand {
     /// Host-to-device and device-to-host copies from pinned memory of each flag set and from pageable
     /// memory.
     Pinned(PinnedArgs),
+    /// NVFP4 GEMM/GEMV (W4A16, W4A4) against cuBLAS bf16 over a sweep of M and shapes.
+    Gemm(crate::bench_gemm::GemmArgs),
 }
 
 /// Shapes and repetitions of the GPU quantize benchmark.
@@ -67,6 +69,7 @@ pub fn run(cmd: &BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Cpu(a) => cpu(a),
         BenchCommand::Quantize(a) => crate::bench_gpu::quantize(a),
         BenchCommand::Pinned(a) => crate::bench_gpu::pinned(a),
+        BenchCommand::Gemm(a) => crate::bench_gemm::gemm(a),
     }
 }
 

@@ -1,6 +1,7 @@
 //! The `nvfp4` command-line tool: the demo, benchmarks and diagnostics of the nvfp4 crate.
 
 mod bench;
+mod bench_gemm;
 mod bench_gpu;
 mod demo;
 mod stats;

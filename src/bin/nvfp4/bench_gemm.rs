@@ -1,0 +1,416 @@
+//! `nvfp4 bench gemm`: the NVFP4 GEMM kernels against cuBLAS bf16 on the same shapes in the same
+//! process, each timing the median of repeated CUDA-event measurements with L2 flushed before each, and
+//! the bandwidth of a device-to-device copy measured in the same run as the memory limit.
+
+use std::fmt::Write as _;
+
+use anyhow::Context;
+use clap::Args;
+use cudarc::driver::CudaSlice;
+use half::bf16;
+use nvfp4::cuda::{CublasBf16, Device, GpuTimer, alloc_zeros, upload};
+use nvfp4::format::Dtype;
+use nvfp4::ops::{DeviceNvfp4, GemmOp, GemmPlan, GemmSpec};
+use nvfp4::quant::{QuantizeOptions, quantize};
+
+/// Sweep of M and shapes.
+#[derive(Args)]
+pub struct GemmArgs {
+    /// Values of M (rows of activations), comma-separated.
+    #[arg(long, default_value = "1,2,4,8,16,32,64,128,256,1024,4096")]
+    pub m: String,
+    /// Weight shapes as NxK (output features x input features), comma-separated: the issue's 8192²,
+    /// 28672x8192, 8192x28672 and the SeedVR2 7B / 3B DiT linears.
+    #[arg(
+        long,
+        default_value = "8192x8192,28672x8192,8192x28672,9216x3072,3072x3072,12288x3072,3072x12288,7680x2560,2560x2560,10240x2560,2560x10240"
+    )]
+    pub shapes: String,
+    /// Shapes on which W4A4 is timed too (empty: none).
+    #[arg(long, default_value = "8192x8192")]
+    pub w4a4_shapes: String,
+    /// Timed repetitions per figure (the median is reported).
+    #[arg(long, default_value_t = 15)]
+    pub reps: usize,
+    /// Keep L2 warm between repetitions (by default a 256 MiB write evicts it before each).
+    #[arg(long)]
+    pub no_flush: bool,
+    /// Write every figure as JSON to this file.
+    #[arg(long)]
+    pub json: Option<String>,
+    /// Draw time against M (ours and cuBLAS, one panel per shape) as SVG to this file.
+    #[arg(long)]
+    pub svg: Option<String>,
+    /// Device ordinal.
+    #[arg(long, default_value_t = 0)]
+    pub device: usize,
+}
+
+fn list(s: &str) -> anyhow::Result<Vec<usize>> {
+    s.split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| p.trim().parse().with_context(|| format!("`{p}` is not a number")))
+        .collect()
+}
+
+fn shapes(s: &str) -> anyhow::Result<Vec<(usize, usize)>> {
+    s.split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| {
+            let (n, k) = p
+                .trim()
+                .split_once('x')
+                .with_context(|| format!("shape `{p}` is not NxK"))?;
+            Ok((n.parse()?, k.parse()?))
+        })
+        .collect()
+}
+
+/// Fast filler (xorshift): the values do not change the timing, only their count does.
+fn bits(n: usize, seed: u64) -> Vec<u16> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u16
+        })
+        .collect()
+}
+
+/// A bf16 in ±[1/8, 2) from 16 random bits.
+fn bf16_of(r: u16) -> bf16 {
+    bf16::from_bits((r & 0x8000) | ((124 + (r & 3)) << 7) | ((r >> 2) & 0x7F))
+}
+
+struct Row {
+    op: &'static str,
+    n: usize,
+    k: usize,
+    m: usize,
+    ours_us: f64,
+    cublas_us: f64,
+    bytes: f64,
+    copy_bw: f64,
+    explain: String,
+}
+
+/// Median of `reps` event timings of `f`, L2 flushed before each unless `flush` is None.
+fn median_us(
+    dev: &Device,
+    flush: &mut Option<CudaSlice<u8>>,
+    reps: usize,
+    mut f: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<f64> {
+    let s = dev.stream();
+    f()?;
+    let mut t = Vec::with_capacity(reps);
+    for _ in 0..reps.max(1) {
+        if let Some(buf) = flush.as_mut() {
+            s.memset_zeros(buf)?;
+        }
+        let timer = GpuTimer::start(s)?;
+        f()?;
+        t.push(timer.stop_ms(s)? as f64 * 1e3);
+    }
+    t.sort_by(f64::total_cmp);
+    Ok(t[t.len() / 2])
+}
+
+pub fn gemm(a: &GemmArgs) -> anyhow::Result<()> {
+    let dev = Device::new(a.device).context("opening the GPU")?;
+    let i = dev.info();
+    println!(
+        "device {}: {} ({}, {} SMs), median of {} runs each, L2 {}",
+        i.ordinal,
+        i.name,
+        i.arch(),
+        i.sm_count,
+        a.reps,
+        if a.no_flush {
+            "warm"
+        } else {
+            "flushed before each run"
+        }
+    );
+    let s = dev.stream().clone();
+    let ms = list(&a.m)?;
+    let shapes = shapes(&a.shapes)?;
+    let a4_shapes = shapes_or_empty(&a.w4a4_shapes)?;
+    let max_m = ms.iter().copied().max().unwrap_or(1);
+    let max_elems = shapes
+        .iter()
+        .map(|&(n, k)| (n * k).max(max_m * k).max(max_m * n))
+        .max()
+        .unwrap_or(0);
+    let pool = bits(max_elems, 0x5EED);
+    let mut flush = if a.no_flush {
+        None
+    } else {
+        Some(alloc_zeros::<u8>(&s, "L2 flush", 256 << 20)?)
+    };
+
+    // The memory limit: a device-to-device copy, counting its read and its write.
+    let copy_bytes = 256usize << 20;
+    let src = alloc_zeros::<u8>(&s, "copy source", copy_bytes)?;
+    let mut dst = alloc_zeros::<u8>(&s, "copy destination", copy_bytes)?;
+    let t_copy = median_us(&dev, &mut flush, a.reps, || Ok(s.memcpy_dtod(&src, &mut dst)?))?;
+    let copy_bw = 2.0 * copy_bytes as f64 / (t_copy * 1e-6);
+    println!(
+        "D2D copy of 256 MiB: {t_copy:.1} us, {:.0} GB/s (read + write): the bandwidth limit below",
+        copy_bw / 1e9
+    );
+    drop((src, dst));
+
+    let blas = CublasBf16::new(&s)?;
+    let mut rows = Vec::new();
+    println!(
+        "\n{:<6} {:>12} {:>5} {:>10} {:>10} {:>7} {:>8} {:>6} {:>8}  plan",
+        "op", "N x K", "M", "ours us", "cuBLAS us", "ratio", "GB/s", "of cp", "TFLOPS"
+    );
+    for &(n, k) in &shapes {
+        anyhow::ensure!(k % 16 == 0, "K of {n}x{k} must be a multiple of 16");
+        let w_bf16 = upload(
+            &s,
+            "W bf16",
+            &pool[..n * k].iter().map(|&r| bf16_of(r)).collect::<Vec<_>>(),
+        )?;
+        let codes: Vec<u8> = pool[..n * k / 4].iter().flat_map(|r| r.to_le_bytes()).collect();
+        let scales: Vec<u8> = pool[..n * k / 16]
+            .iter()
+            .map(|&r| 0x30 + (r & 0xF) as u8)
+            .collect();
+        let t = nvfp4::Nvfp4Tensor::from_parts(
+            "W",
+            n,
+            k,
+            codes,
+            scales,
+            nvfp4::format::ScaleLayout::Linear,
+            1.0 / 64.0,
+        )?;
+        let w = DeviceNvfp4::upload(&s, &t)?;
+        let w_bytes = (n * k / 2 + n * k / 16) as f64;
+        for &m in &ms {
+            let a_host: Vec<bf16> = pool[..m * k].iter().map(|&r| bf16_of(r.rotate_left(5))).collect();
+            let act = upload(&s, "A", &a_host)?;
+            let mut out = alloc_zeros::<bf16>(&s, "out", m * n)?;
+            let mut plan = GemmPlan::new(&dev, &s, &GemmSpec::w4a16(m, n, k))?;
+            let ours = median_us(&dev, &mut flush, a.reps, || {
+                Ok(plan.w4a16(&dev, &s, &act, &w, None, &mut out)?)
+            })?;
+            let cublas = median_us(&dev, &mut flush, a.reps, || {
+                Ok(blas.gemm(m, n, k, &act, &w_bf16, &mut out)?)
+            })?;
+            let bytes = w_bytes + (m * k * 2 + m * n * 2) as f64;
+            rows.push(report(
+                "W4A16",
+                n,
+                k,
+                m,
+                ours,
+                cublas,
+                bytes,
+                copy_bw,
+                plan.explain(),
+            ));
+            if a4_shapes.contains(&(n, k)) {
+                let aq = quantize("A", &a_host, m, k, &QuantizeOptions::default())?;
+                let aq = DeviceNvfp4::upload(&s, &aq)?;
+                let spec = GemmSpec {
+                    op: GemmOp::W4A4,
+                    out: Dtype::Bf16,
+                    ..GemmSpec::w4a16(m, n, k)
+                };
+                let mut plan = GemmPlan::new(&dev, &s, &spec)?;
+                let ours = median_us(&dev, &mut flush, a.reps, || {
+                    Ok(plan.w4a4(&dev, &s, &aq, &w, None, &mut out)?)
+                })?;
+                let bytes = w_bytes + (m * k * 9 / 16 + m * n * 2) as f64;
+                rows.push(report(
+                    "W4A4",
+                    n,
+                    k,
+                    m,
+                    ours,
+                    cublas,
+                    bytes,
+                    copy_bw,
+                    plan.explain(),
+                ));
+            }
+        }
+    }
+    if let Some(path) = &a.json {
+        let v: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "op": r.op, "n": r.n, "k": r.k, "m": r.m,
+                    "ours_us": r.ours_us, "cublas_bf16_us": r.cublas_us,
+                    "ratio_vs_cublas": r.cublas_us / r.ours_us,
+                    "bytes": r.bytes, "fraction_of_copy_bw": r.bytes / (r.ours_us * 1e-6) / r.copy_bw,
+                    "copy_bw_bytes_per_s": r.copy_bw, "plan": r.explain,
+                })
+            })
+            .collect();
+        let doc = serde_json::json!({
+            "device": i.name, "arch": i.arch(), "sms": i.sm_count, "reps": a.reps,
+            "l2_flushed": !a.no_flush, "copy_bw_bytes_per_s": copy_bw, "rows": v,
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&doc)?)
+            .with_context(|| format!("writing {path}"))?;
+        println!("wrote {path}");
+    }
+    if let Some(path) = &a.svg {
+        std::fs::write(path, svg(&rows, &i.name)).with_context(|| format!("writing {path}"))?;
+        println!("wrote {path}");
+    }
+    Ok(())
+}
+
+fn shapes_or_empty(s: &str) -> anyhow::Result<Vec<(usize, usize)>> {
+    if s.trim().is_empty() {
+        Ok(Vec::new())
+    } else {
+        shapes(s)
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn report(
+    op: &'static str,
+    n: usize,
+    k: usize,
+    m: usize,
+    ours: f64,
+    cublas: f64,
+    bytes: f64,
+    copy_bw: f64,
+    explain: &str,
+) -> Row {
+    let bw = bytes / (ours * 1e-6);
+    let plan = explain.split(" (").next().unwrap_or("");
+    let kernel = explain
+        .split("kernel ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .unwrap_or("");
+    let splits = explain
+        .split("split-K ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .unwrap_or("");
+    let _ = plan;
+    println!(
+        "{op:<6} {:>12} {m:>5} {ours:>10.1} {cublas:>10.1} {:>6.2}x {:>8.0} {:>6.2} {:>8.1}  {kernel} split {splits}",
+        format!("{n}x{k}"),
+        cublas / ours,
+        bw / 1e9,
+        bw / copy_bw,
+        2.0 * (m * n * k) as f64 / (ours * 1e-6) / 1e12,
+    );
+    Row {
+        op,
+        n,
+        k,
+        m,
+        ours_us: ours,
+        cublas_us: cublas,
+        bytes,
+        copy_bw,
+        explain: explain.to_string(),
+    }
+}
+
+/// Hand-written SVG: one log-log panel per shape, time against M, ours (W4A16, and W4A4 where timed)
+/// and cuBLAS bf16.
+fn svg(rows: &[Row], device: &str) -> String {
+    let mut shapes: Vec<(usize, usize)> = Vec::new();
+    for r in rows {
+        if !shapes.contains(&(r.n, r.k)) {
+            shapes.push((r.n, r.k));
+        }
+    }
+    let (pw, ph, cols) = (320.0, 240.0, 4usize);
+    let nrows = shapes.len().div_ceil(cols).max(1);
+    let (w, h) = (pw * cols as f64, ph * nrows as f64 + 40.0);
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="10">"#
+    );
+    let _ = writeln!(
+        o,
+        r#"<rect width="100%" height="100%" fill="white"/><text x="10" y="18" font-size="13">NVFP4 W4A16 (blue), W4A4 (green) vs cuBLAS bf16 (red): time (us, log) against M (log2), {device}</text>"#
+    );
+    for (idx, &(n, k)) in shapes.iter().enumerate() {
+        let (x0, y0) = ((idx % cols) as f64 * pw + 45.0, (idx / cols) as f64 * ph + 50.0);
+        let (iw, ih) = (pw - 60.0, ph - 60.0);
+        let rs: Vec<&Row> = rows.iter().filter(|r| (r.n, r.k) == (n, k)).collect();
+        let ts = rs.iter().flat_map(|r| [r.ours_us, r.cublas_us]);
+        let (lo, hi) = ts.fold((f64::MAX, f64::MIN), |(a, b), t| (a.min(t), b.max(t)));
+        let (ylo, yhi) = (
+            lo.log10().floor(),
+            hi.log10().ceil().max(lo.log10().floor() + 1.0),
+        );
+        let mmax = rs.iter().map(|r| r.m).max().unwrap_or(1).max(2) as f64;
+        let px = |m: usize| x0 + (m as f64).log2() / mmax.log2() * iw;
+        let py = |t: f64| y0 + ih - (t.log10() - ylo) / (yhi - ylo) * ih;
+        let _ = writeln!(
+            o,
+            r#"<rect x="{x0}" y="{y0}" width="{iw}" height="{ih}" fill="none" stroke="gray"/><text x="{x0}" y="{}">{n} x {k}</text>"#,
+            y0 - 5.0
+        );
+        let mut d = ylo;
+        while d <= yhi {
+            let _ = writeln!(
+                o,
+                r#"<text x="{}" y="{}" text-anchor="end">{}</text>"#,
+                x0 - 3.0,
+                py(10f64.powf(d)) + 3.0,
+                10f64.powf(d)
+            );
+            d += 1.0;
+        }
+        for r in &rs {
+            if r.op == "W4A16" {
+                let _ = writeln!(
+                    o,
+                    r#"<text x="{}" y="{}" text-anchor="middle">{}</text>"#,
+                    px(r.m),
+                    y0 + ih + 12.0,
+                    r.m
+                );
+            }
+        }
+        for (op, color, cublas) in [
+            ("W4A16", "blue", true),
+            ("W4A16", "blue", false),
+            ("W4A4", "green", false),
+        ] {
+            let pts: Vec<String> = rs
+                .iter()
+                .filter(|r| r.op == op)
+                .map(|r| {
+                    format!(
+                        "{:.1},{:.1}",
+                        px(r.m),
+                        py(if cublas { r.cublas_us } else { r.ours_us })
+                    )
+                })
+                .collect();
+            if !pts.is_empty() {
+                let c = if cublas { "red" } else { color };
+                let _ = writeln!(
+                    o,
+                    r#"<polyline fill="none" stroke="{c}" stroke-width="1.5" points="{}"/>"#,
+                    pts.join(" ")
+                );
+            }
+        }
+    }
+    o.push_str("</svg>\n");
+    o
+}

@@ -1,0 +1,378 @@
+//! NVFP4 GEMMs on the GPU: W4A16 (NVFP4 weights, bf16/f16 activations) and W4A4 (both NVFP4), the twins
+//! of [`crate::reference::gemm_w4a16`] and [`crate::reference::gemm_w4a4`].
+//!
+//! A [`GemmPlan`] validates a problem once, picks the kernel by compute capability and M (with the
+//! reason, [`GemmPlan::explain`]), and owns the split-K workspace; launching it allocates nothing and
+//! never synchronizes, so it can run in hot loops and under CUDA-graph capture.
+
+use std::sync::Arc;
+
+use cudarc::driver::{CudaSlice, CudaStream};
+
+use super::quantize::{DeviceNvfp4, GpuElement};
+use crate::cuda::launch_gemm::{self, Fp4Operand, GemmGeometry, GemmTile, STEP_K, SplitWorkspace};
+use crate::cuda::{Device, alloc_zeros};
+use crate::error::{Error, Result};
+use crate::format::{Dtype, ScaleLayout};
+
+/// Which operation a plan computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GemmOp {
+    /// NVFP4 weights times 16-bit activations of the given type (bf16 or f16).
+    W4A16(Dtype),
+    /// NVFP4 weights times NVFP4 activations.
+    W4A4,
+}
+
+/// A kernel choice, for [`GemmSpec::kernel`] to override the plan's own.
+pub use crate::cuda::launch_gemm::GemmTile as GemmKernel;
+
+/// What to plan: the problem, the types, and optional overrides (for tests and benchmarks).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GemmSpec {
+    /// Rows of A and of the output.
+    pub m: usize,
+    /// Rows of W (output features).
+    pub n: usize,
+    /// The reduction length, a multiple of 16.
+    pub k: usize,
+    /// The operation and activation type.
+    pub op: GemmOp,
+    /// Output type (f32, f16 or bf16); a bias has the same type.
+    pub out: Dtype,
+    /// Whether launches add a bias `[N]`.
+    pub bias: bool,
+    /// Force this kernel instead of choosing by M.
+    pub kernel: Option<GemmKernel>,
+    /// Force this many K splits (1 turns split-K off) instead of choosing by occupancy.
+    pub splits: Option<usize>,
+}
+
+impl GemmSpec {
+    /// A W4A16 problem with bf16 activations and output, no bias, no overrides.
+    pub fn w4a16(m: usize, n: usize, k: usize) -> Self {
+        GemmSpec {
+            m,
+            n,
+            k,
+            op: GemmOp::W4A16(Dtype::Bf16),
+            out: Dtype::Bf16,
+            bias: false,
+            kernel: None,
+            splits: None,
+        }
+    }
+}
+
+/// A validated GEMM: kernel, grid, split-K workspace, and why they were chosen.
+pub struct GemmPlan {
+    spec: GemmSpec,
+    geometry: GemmGeometry,
+    reason: String,
+    workspace: Option<(CudaSlice<f32>, CudaSlice<u32>)>,
+}
+
+impl std::fmt::Debug for GemmPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GemmPlan")
+            .field("spec", &self.spec)
+            .field("geometry", &self.geometry)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Plans a GEMM: the same as [`GemmPlan::new`].
+pub fn plan(dev: &Device, stream: &Arc<CudaStream>, spec: &GemmSpec) -> Result<GemmPlan> {
+    GemmPlan::new(dev, stream, spec)
+}
+
+/// Blocks per SM the split-K choice aims for. The 16-row kernel (64 registers, 128 threads) fits 8 per
+/// SM, and it needs them: each warp keeps about 1 KiB of weight loads in flight, and HBM3 needs ~25 KiB
+/// per SM (3 TB/s x ~1 us / 132 SMs); on the H100 3 blocks per SM ran at a third of copy bandwidth
+/// (BENCHMARKS.md). The 64-row kernel (~160 registers) fits 3.
+const fn blocks_per_sm(tile: GemmTile) -> usize {
+    match tile {
+        GemmTile::M16 => 8,
+        GemmTile::M64 => 3,
+    }
+}
+/// Largest M the 16-row kernel takes by default: up to two 16-row blocks re-reading the weights beat
+/// the 64-row kernel on the H100 (BENCHMARKS.md: M = 32 took 88 us with it at 8192², twice M = 16's 40).
+const SMALL_M: usize = 32;
+/// The fewest K steps a split gets, so that the partial-sum round trip stays small against its loads.
+const MIN_STEPS_PER_SPLIT: usize = 4;
+
+impl GemmPlan {
+    /// Validates `spec` on `dev` and allocates the split-K workspace (zeroed, on `stream`).
+    ///
+    /// ```no_run
+    /// use nvfp4::cuda::Device;
+    /// use nvfp4::ops::{GemmPlan, GemmSpec};
+    /// let dev = Device::new(0)?;
+    /// let plan = GemmPlan::new(&dev, dev.stream(), &GemmSpec::w4a16(1, 8192, 8192))?;
+    /// println!("{}", plan.explain());
+    /// # Ok::<(), nvfp4::Error>(())
+    /// ```
+    pub fn new(dev: &Device, stream: &Arc<CudaStream>, spec: &GemmSpec) -> Result<Self> {
+        let info = dev.info();
+        if info.compute_capability < (8, 0) {
+            return Err(Error::UnsupportedArch {
+                what: "the NVFP4 tensor-core GEMM (mma.sync bf16/f16)".into(),
+                needed: "sm_80".into(),
+                found: info.arch(),
+            });
+        }
+        if let GemmOp::W4A16(Dtype::F32) = spec.op {
+            return Err(Error::invalid(
+                "A",
+                "W4A16 activations must be bf16 or f16 (the tensor cores' 16-bit inputs), not f32",
+            ));
+        }
+        let (tile, why_tile) = match spec.kernel {
+            Some(t) => (t, "forced by the caller".to_string()),
+            None if spec.m <= SMALL_M => (
+                GemmTile::M16,
+                format!(
+                    "M <= {SMALL_M}: 16-row MMA tiles, so each weight is decoded once per 16 rows and the \
+                     layer runs near weight bandwidth"
+                ),
+            ),
+            None => (
+                GemmTile::M64,
+                format!("M > {SMALL_M}: 64 rows of M per block, each decoded weight pair feeds four MMAs"),
+            ),
+        };
+        let probe = GemmGeometry::new(spec.m, spec.n, spec.k, tile, 1)?;
+        let (gx, gy, _) = probe.grid();
+        let tiles = gx as usize * gy as usize;
+        let steps = spec.k.div_ceil(STEP_K);
+        let sms = info.sm_count.max(1) as usize;
+        let (splits, why_split) = match spec.splits {
+            Some(s) => (s.max(1), "forced by the caller".to_string()),
+            None => {
+                let per_sm = blocks_per_sm(tile);
+                let want = (per_sm * sms).div_ceil(tiles.max(1));
+                let cap = (steps / MIN_STEPS_PER_SPLIT).max(1);
+                let s = want.min(cap).max(1);
+                let why = if s > 1 {
+                    format!(
+                        "{tiles} output tiles < {per_sm} blocks x {sms} SMs, so K is split to fill the GPU \
+                         (at least {MIN_STEPS_PER_SPLIT} steps of {STEP_K} each)"
+                    )
+                } else {
+                    format!("{tiles} output tiles fill {sms} SMs (or K is too short to split)")
+                };
+                (s, why)
+            }
+        };
+        let geometry = GemmGeometry::new(spec.m, spec.n, spec.k, tile, splits)?;
+        let workspace = if geometry.splits > 1 {
+            Some((
+                alloc_zeros::<f32>(stream, "split-K partial sums", geometry.workspace_len())?,
+                alloc_zeros::<u32>(stream, "split-K tile counters", geometry.counters_len())?,
+            ))
+        } else {
+            None
+        };
+        let kernel_name = match (spec.op, tile) {
+            (GemmOp::W4A4, GemmTile::M16) => "nvfp4_gemv_w4a4",
+            (GemmOp::W4A4, GemmTile::M64) => "nvfp4_gemm_w4a4",
+            (GemmOp::W4A16(Dtype::F16), GemmTile::M16) => "nvfp4_gemv_w4a16_f16",
+            (GemmOp::W4A16(Dtype::F16), GemmTile::M64) => "nvfp4_gemm_w4a16_f16",
+            (_, GemmTile::M16) => "nvfp4_gemv_w4a16_bf16",
+            (_, GemmTile::M64) => "nvfp4_gemm_w4a16_bf16",
+        };
+        let (x, y, z) = geometry.grid();
+        let reason = format!(
+            "{:?} -> {:?}{}, M={} N={} K={} on {} ({} SMs): kernel {kernel_name} ({why_tile}); \
+             grid {x}x{y}x{z}, split-K {} of {} steps each ({why_split}); workspace {} bytes",
+            spec.op,
+            spec.out,
+            if spec.bias { " + bias" } else { "" },
+            spec.m,
+            spec.n,
+            spec.k,
+            info.arch(),
+            sms,
+            geometry.splits,
+            geometry.steps_per_split,
+            geometry.workspace_len() * 4 + geometry.counters_len() * 4,
+        );
+        Ok(GemmPlan {
+            spec: *spec,
+            geometry,
+            reason,
+            workspace,
+        })
+    }
+
+    /// Which kernel runs and why, in words.
+    pub fn explain(&self) -> &str {
+        &self.reason
+    }
+
+    /// The kernel (rows of M per block) the plan launches.
+    pub fn kernel(&self) -> GemmKernel {
+        self.geometry.tile
+    }
+
+    /// K splits (1: split-K off).
+    pub fn splits(&self) -> usize {
+        self.geometry.splits
+    }
+
+    /// Device bytes the plan holds for split-K.
+    pub fn workspace_bytes(&self) -> usize {
+        (self.geometry.workspace_len() + self.geometry.counters_len()) * 4
+    }
+
+    /// The planned problem.
+    pub fn spec(&self) -> &GemmSpec {
+        &self.spec
+    }
+
+    fn check_out<O: GpuElement>(&self, bias: Option<&CudaSlice<O>>) -> Result<()> {
+        if O::DTYPE != self.spec.out {
+            return Err(Error::invalid(
+                "out",
+                format!(
+                    "the plan writes {:?}, the buffer holds {:?}",
+                    self.spec.out,
+                    O::DTYPE
+                ),
+            ));
+        }
+        if bias.is_some() != self.spec.bias {
+            return Err(Error::invalid(
+                "bias",
+                format!(
+                    "the plan was made {} a bias",
+                    if self.spec.bias { "with" } else { "without" }
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_weight(&self, name: &str, t: &DeviceNvfp4, rows: usize) -> Result<()> {
+        let want = [rows, self.spec.k];
+        if t.shape() != want || t.cols_padded() != self.spec.k {
+            return Err(Error::shape(
+                name,
+                &t.shape(),
+                format!("the plan's {want:?} (K unpadded, a multiple of 16)"),
+            ));
+        }
+        if t.scale_layout() != ScaleLayout::Linear {
+            return Err(Error::invalid(
+                name,
+                "the GEMM kernels read linear block scales; convert with DeviceNvfp4::set_scale_layout",
+            ));
+        }
+        Ok(())
+    }
+
+    fn split_ws(&mut self) -> Option<SplitWorkspace<'_>> {
+        self.workspace
+            .as_mut()
+            .map(|(partials, counters)| SplitWorkspace { partials, counters })
+    }
+
+    /// Enqueues `out[M, N] = a[M, K] · w[N, K]ᵀ (· w's global scale) + bias` on `stream`.
+    ///
+    /// Launches of one plan must be ordered on one stream (they share the split-K workspace).
+    ///
+    /// ```no_run
+    /// use half::bf16;
+    /// use nvfp4::cuda::{Device, alloc_zeros, upload};
+    /// use nvfp4::ops::{DeviceNvfp4, GemmPlan, GemmSpec};
+    /// use nvfp4::quant::{quantize, QuantizeOptions};
+    /// let dev = Device::new(0)?;
+    /// let s = dev.stream();
+    /// let w = quantize("w", &vec![0.5f32; 64 * 128], 64, 128, &QuantizeOptions::default())?;
+    /// let w = DeviceNvfp4::upload(s, &w)?;
+    /// let a = upload(s, "a", &vec![bf16::ONE; 2 * 128])?;
+    /// let mut out = alloc_zeros::<bf16>(s, "out", 2 * 64)?;
+    /// let mut plan = GemmPlan::new(&dev, s, &GemmSpec::w4a16(2, 64, 128))?;
+    /// plan.w4a16(&dev, s, &a, &w, None, &mut out)?;
+    /// # Ok::<(), nvfp4::Error>(())
+    /// ```
+    pub fn w4a16<A: GpuElement, O: GpuElement>(
+        &mut self,
+        dev: &Device,
+        stream: &Arc<CudaStream>,
+        a: &CudaSlice<A>,
+        w: &DeviceNvfp4,
+        bias: Option<&CudaSlice<O>>,
+        out: &mut CudaSlice<O>,
+    ) -> Result<()> {
+        if self.spec.op != GemmOp::W4A16(A::DTYPE) {
+            return Err(Error::invalid(
+                "A",
+                format!(
+                    "the plan is {:?}, the activations are {:?}",
+                    self.spec.op,
+                    A::DTYPE
+                ),
+            ));
+        }
+        self.check_out(bias)?;
+        self.check_weight("W", w, self.spec.n)?;
+        let g = self.geometry;
+        let wop = Fp4Operand {
+            codes: &w.codes,
+            scales: &w.scales,
+            global_scale: &w.global_scale,
+        };
+        launch_gemm::w4a16(dev, stream, &g, a, wop, bias, out, self.split_ws())
+    }
+
+    /// Enqueues `out[M, N] = a[M, K] · w[N, K]ᵀ (· both global scales) + bias`, both operands NVFP4.
+    ///
+    /// ```no_run
+    /// use nvfp4::cuda::{Device, alloc_zeros};
+    /// use nvfp4::format::Dtype;
+    /// use nvfp4::ops::{DeviceNvfp4, GemmOp, GemmPlan, GemmSpec};
+    /// use nvfp4::quant::{quantize, QuantizeOptions};
+    /// let dev = Device::new(0)?;
+    /// let s = dev.stream();
+    /// let o = QuantizeOptions::default();
+    /// let a = DeviceNvfp4::upload(s, &quantize("a", &vec![1.0f32; 2 * 128], 2, 128, &o)?)?;
+    /// let w = DeviceNvfp4::upload(s, &quantize("w", &vec![0.5f32; 64 * 128], 64, 128, &o)?)?;
+    /// let mut out = alloc_zeros::<f32>(s, "out", 2 * 64)?;
+    /// let spec = GemmSpec { op: GemmOp::W4A4, out: Dtype::F32, ..GemmSpec::w4a16(2, 64, 128) };
+    /// GemmPlan::new(&dev, s, &spec)?.w4a4(&dev, s, &a, &w, None, &mut out)?;
+    /// # Ok::<(), nvfp4::Error>(())
+    /// ```
+    pub fn w4a4<O: GpuElement>(
+        &mut self,
+        dev: &Device,
+        stream: &Arc<CudaStream>,
+        a: &DeviceNvfp4,
+        w: &DeviceNvfp4,
+        bias: Option<&CudaSlice<O>>,
+        out: &mut CudaSlice<O>,
+    ) -> Result<()> {
+        if self.spec.op != GemmOp::W4A4 {
+            return Err(Error::invalid(
+                "A",
+                format!("the plan is {:?}, the activations are NVFP4", self.spec.op),
+            ));
+        }
+        self.check_out(bias)?;
+        self.check_weight("A", a, self.spec.m)?;
+        self.check_weight("W", w, self.spec.n)?;
+        let g = self.geometry;
+        let aop = Fp4Operand {
+            codes: &a.codes,
+            scales: &a.scales,
+            global_scale: &a.global_scale,
+        };
+        let wop = Fp4Operand {
+            codes: &w.codes,
+            scales: &w.scales,
+            global_scale: &w.global_scale,
+        };
+        launch_gemm::w4a4(dev, stream, &g, aop, wop, bias, out, self.split_ws())
+    }
+}

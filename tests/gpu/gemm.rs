@@ -1,0 +1,369 @@
+//! The NVFP4 GEMM kernels against the f64 reference GEMMs (`reference::gemm_w4a16`, `gemm_w4a4`):
+//! bit-identical on exact-sum inputs, within the f32 accumulation bound on random inputs. One table of
+//! cases covers both kernels, split-K on and off, every activation/output type, bias, and ragged M, N, K.
+
+use std::sync::Arc;
+
+use cudarc::driver::CudaStream;
+use half::{bf16, f16};
+use nvfp4::Error;
+use nvfp4::Nvfp4Tensor;
+use nvfp4::cuda::{Device, download, upload};
+use nvfp4::format::{Dtype, ScaleLayout};
+use nvfp4::ops::{DeviceNvfp4, GemmKernel, GemmOp, GemmPlan, GemmSpec, GpuElement};
+use nvfp4::quant::{self, QuantizeOptions};
+use nvfp4::reference::{self, synthetic::Rng};
+
+use crate::common::{convert, device, mixed_values};
+
+/// (M, N, K): K = 16 (one block), 208 (K % 32 = 16: the 4-byte load path, a partial last step), 4160
+/// (K % 128 = 64: a partial last step on the 16-byte path), 128 (exactly one step); N not a multiple of
+/// the 64-column block; M around the 16- and 64-row tiles.
+const SHAPES: [(usize, usize, usize); 8] = [
+    (1, 1, 16),
+    (1, 130, 4160),
+    (3, 67, 208),
+    (16, 64, 128),
+    (17, 130, 4160),
+    (128, 67, 208),
+    (4099, 67, 208),
+    (65, 200, 2048),
+];
+
+/// (activations, output): `None` is W4A4.
+const TYPES: [(Option<Dtype>, Dtype); 9] = [
+    (Some(Dtype::Bf16), Dtype::Bf16),
+    (Some(Dtype::F16), Dtype::F16),
+    (Some(Dtype::Bf16), Dtype::F32),
+    (None, Dtype::F32),
+    (Some(Dtype::F16), Dtype::Bf16),
+    (None, Dtype::Bf16),
+    (Some(Dtype::Bf16), Dtype::F16),
+    (Some(Dtype::F16), Dtype::F32),
+    (None, Dtype::F16),
+];
+
+#[derive(Clone, Copy, Debug)]
+struct Case {
+    m: usize,
+    n: usize,
+    k: usize,
+    kernel: Option<GemmKernel>,
+    splits: Option<usize>,
+    act: Option<Dtype>,
+    out: Dtype,
+    bias: bool,
+    exact: bool,
+}
+
+/// Codes of any value, scales from {0.5, 1, 1.5, 2}, global scale 1/2: every weight is a multiple of
+/// 1/8 of magnitude at most 12. With activations that are integers in [-4, 4] every product is a
+/// multiple of 1/8 below 48, so any partial sum of up to 2^16 products needs at most 22 bits: exact in
+/// f32 whatever the order, and the kernel's result rounds exactly like the reference.
+fn exact_fp4(rng: &mut Rng, name: &str, rows: usize, k: usize) -> Nvfp4Tensor {
+    let codes = (0..rows * k / 2).map(|_| rng.next_u64() as u8).collect();
+    let menu = [0x30u8, 0x38, 0x3C, 0x40];
+    let scales = (0..rows * k / 16)
+        .map(|_| menu[(rng.next_u64() % 4) as usize])
+        .collect();
+    Nvfp4Tensor::from_parts(name, rows, k, codes, scales, ScaleLayout::Linear, 0.5).unwrap()
+}
+
+fn exact_values(rng: &mut Rng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| (rng.next_u64() % 9) as f32 - 4.0).collect()
+}
+
+fn operand(rng: &mut Rng, name: &str, rows: usize, k: usize, exact: bool) -> Nvfp4Tensor {
+    if exact {
+        exact_fp4(rng, name, rows, k)
+    } else {
+        quant::quantize(
+            name,
+            &mixed_values(rng, rows * k),
+            rows,
+            k,
+            &QuantizeOptions::default(),
+        )
+        .unwrap()
+    }
+}
+
+/// Whether `got` is a possible narrowing to `out` of an f32 within `bound` of `v`: narrowing is
+/// monotone, so it lies between the narrowings of the interval's ends (rounded outwards to f32 first).
+/// This also accepts the correct ±Inf of an f16 output beyond 65504.
+fn narrowing_within<O: GpuElement>(got: f32, v: f64, bound: f64) -> bool {
+    let down = |x: f64| {
+        let f = x as f32;
+        if f as f64 > x {
+            f32::from_bits(if f > 0.0 {
+                f.to_bits() - 1
+            } else if f == 0.0 {
+                0x8000_0001
+            } else {
+                f.to_bits() + 1
+            })
+        } else {
+            f
+        }
+    };
+    let up = |x: f64| -down(-x);
+    let (lo, hi) = (
+        O::from_f32(down(v - bound)).to_f32(),
+        O::from_f32(up(v + bound)).to_f32(),
+    );
+    lo <= got && got <= hi
+}
+
+fn check_case<A: GpuElement, O: GpuElement>(
+    dev: &Device,
+    stream: &Arc<CudaStream>,
+    c: Case,
+    seed: u64,
+) -> Result<String, String> {
+    let mut rng = Rng::new(seed);
+    let w = operand(&mut rng, "w", c.n, c.k, c.exact);
+    let bias_host: Option<Vec<O>> = c.bias.then(|| {
+        let v = if c.exact {
+            exact_values(&mut rng, c.n)
+        } else {
+            rng.normal_vec(c.n, 4.0)
+        };
+        convert::<O>(&v)
+    });
+    let dw = DeviceNvfp4::upload(stream, &w).unwrap();
+    let bias = bias_host.as_ref().map(|b| upload(stream, "bias", b).unwrap());
+    let mut out = upload(stream, "out", &vec![O::from_f32(f32::NAN); c.m * c.n]).unwrap();
+    let spec = GemmSpec {
+        m: c.m,
+        n: c.n,
+        k: c.k,
+        op: c.act.map_or(GemmOp::W4A4, GemmOp::W4A16),
+        out: O::DTYPE,
+        bias: c.bias,
+        kernel: c.kernel,
+        splits: c.splits,
+    };
+    let mut plan = GemmPlan::new(dev, stream, &spec).map_err(|e| e.to_string())?;
+    let reference = if c.act.is_some() {
+        let v = if c.exact {
+            exact_values(&mut rng, c.m * c.k)
+        } else {
+            mixed_values(&mut rng, c.m * c.k)
+        };
+        let a: Vec<A> = convert(&v);
+        let da = upload(stream, "a", &a).unwrap();
+        plan.w4a16(dev, stream, &da, &dw, bias.as_ref(), &mut out)
+            .map_err(|e| e.to_string())?;
+        reference::gemm_w4a16(&a, c.m, &w).unwrap()
+    } else {
+        let a = operand(&mut rng, "a", c.m, c.k, c.exact);
+        let da = DeviceNvfp4::upload(stream, &a).unwrap();
+        plan.w4a4(dev, stream, &da, &dw, bias.as_ref(), &mut out)
+            .map_err(|e| e.to_string())?;
+        reference::gemm_w4a4(&a, &w).unwrap()
+    };
+    let got: Vec<f32> = download(stream, "out", &out)
+        .unwrap()
+        .iter()
+        .map(|x| x.to_f32())
+        .collect();
+    // The reference with the bias: one more term of the sum, so |bias| joins the error scale.
+    let mut want = reference.clone();
+    if let Some(b) = &bias_host {
+        for (i, (v, s)) in want.values.iter_mut().zip(want.abs_sums.iter_mut()).enumerate() {
+            let bj = b[i % c.n].to_f32() as f64;
+            *v += bj;
+            *s += bj.abs();
+        }
+    }
+    if c.exact {
+        for (i, (&g, &v)) in got.iter().zip(&want.values).enumerate() {
+            let expect = O::from_f32(v as f32).to_f32();
+            if g.to_bits() != expect.to_bits() {
+                return Err(format!(
+                    "exact-sum output {i}: got {g:e}, want {expect:e} (reference {v:e})"
+                ));
+            }
+        }
+        return Ok(plan.explain().to_string());
+    }
+    // Roundings along the way: the tensor cores add with truncation (error up to one ulp, twice a
+    // rounding's), so K additions count as 2K roundings at u = 2^-24; then alpha (a product of two
+    // global scales for W4A4), its product, the bias sum and a final f32 rounding: K + 4 extra.
+    let extra = c.k + 4;
+    let bad = if O::DTYPE == Dtype::F32 {
+        want.first_violation(&got, extra)
+    } else {
+        got.iter().enumerate().find_map(|(i, &g)| {
+            let bound = want.bound(i, extra);
+            let err = (g as f64 - want.values[i]).abs();
+            (!narrowing_within::<O>(g, want.values[i], bound)).then_some((i, err, bound))
+        })
+    };
+    match bad {
+        Some((i, err, bound)) => Err(format!(
+            "output {i} (row {}, col {}): got {:e}, reference {:e}, |err| {err:e} > bound {bound:e}",
+            i / c.n,
+            i % c.n,
+            got.get(i).copied().unwrap_or(f32::NAN),
+            want.values.get(i).copied().unwrap_or(f64::NAN)
+        )),
+        None => Ok(plan.explain().to_string()),
+    }
+}
+
+fn dispatch(dev: &Device, stream: &Arc<CudaStream>, c: Case, seed: u64) -> Result<String, String> {
+    match (c.act, c.out) {
+        (Some(Dtype::Bf16), Dtype::Bf16) | (None, Dtype::Bf16) => {
+            check_case::<bf16, bf16>(dev, stream, c, seed)
+        }
+        (Some(Dtype::Bf16), Dtype::F16) => check_case::<bf16, f16>(dev, stream, c, seed),
+        (Some(Dtype::Bf16), Dtype::F32) | (None, Dtype::F32) => check_case::<bf16, f32>(dev, stream, c, seed),
+        (Some(Dtype::F16), Dtype::Bf16) => check_case::<f16, bf16>(dev, stream, c, seed),
+        (Some(Dtype::F16), Dtype::F16) | (None, Dtype::F16) => check_case::<f16, f16>(dev, stream, c, seed),
+        (Some(Dtype::F16), Dtype::F32) => check_case::<f16, f32>(dev, stream, c, seed),
+        (Some(Dtype::F32), _) => unreachable!("no f32 activations in the table"),
+    }
+}
+
+fn run_table(test: &str, cases: &[Case]) {
+    let Some(dev) = device(test) else { return };
+    let stream = dev.new_stream().unwrap();
+    let seed = Rng::fresh_seed();
+    let mut failures = Vec::new();
+    for (i, &c) in cases.iter().enumerate() {
+        let case_seed = seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        if let Err(e) = dispatch(&dev, &stream, c, case_seed) {
+            failures.push(format!("{c:?} (seed {case_seed:#x}): {e}"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed (run seed {seed:#x}):\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+}
+
+fn table(exact: bool) -> Vec<Case> {
+    let mut cases = Vec::new();
+    let mut i = 0;
+    for &(m, n, k) in &SHAPES {
+        for kernel in [GemmKernel::M16, GemmKernel::M64] {
+            for splits in [Some(1), Some(3), None] {
+                let (act, out) = TYPES[i % TYPES.len()];
+                cases.push(Case {
+                    m,
+                    n,
+                    k,
+                    kernel: Some(kernel),
+                    splits,
+                    act,
+                    out,
+                    bias: i % 2 == 1,
+                    exact,
+                });
+                i += 1;
+            }
+        }
+    }
+    // Every type pair on one ragged shape, with split-K, planned automatically.
+    for (j, &(act, out)) in TYPES.iter().enumerate() {
+        cases.push(Case {
+            m: 17,
+            n: 130,
+            k: 4160,
+            kernel: None,
+            splits: None,
+            act,
+            out,
+            bias: j % 2 == 0,
+            exact,
+        });
+    }
+    cases
+}
+
+#[test]
+fn gemm_gpu_matches_reference_bit_for_bit_on_exact_sums() {
+    run_table(
+        "gemm_gpu_matches_reference_bit_for_bit_on_exact_sums",
+        &table(true),
+    );
+}
+
+#[test]
+fn gemm_gpu_within_f32_bound_on_random_inputs() {
+    run_table("gemm_gpu_within_f32_bound_on_random_inputs", &table(false));
+}
+
+#[test]
+fn gemm_gpu_plan_chooses_and_explains() {
+    let Some(dev) = device("gemm_gpu_plan_chooses_and_explains") else {
+        return;
+    };
+    let s = dev.stream();
+    let p = GemmPlan::new(&dev, s, &GemmSpec::w4a16(1, 8192, 8192)).unwrap();
+    assert_eq!(p.kernel(), GemmKernel::M16, "{}", p.explain());
+    assert!(
+        p.splits() > 1,
+        "M = 1 should split K to fill the GPU: {}",
+        p.explain()
+    );
+    assert!(p.explain().contains("nvfp4_gemv_w4a16_bf16"), "{}", p.explain());
+    let p = GemmPlan::new(&dev, s, &GemmSpec::w4a16(4096, 8192, 8192)).unwrap();
+    assert_eq!((p.kernel(), p.splits()), (GemmKernel::M64, 1), "{}", p.explain());
+    let forced = GemmSpec {
+        kernel: Some(GemmKernel::M64),
+        splits: Some(1),
+        ..GemmSpec::w4a16(1, 64, 256)
+    };
+    let p = GemmPlan::new(&dev, s, &forced).unwrap();
+    assert_eq!(
+        (p.kernel(), p.splits(), p.workspace_bytes()),
+        (GemmKernel::M64, 1, 0)
+    );
+}
+
+#[test]
+fn gemm_gpu_rejects_bad_shapes_and_types_with_typed_errors() {
+    let Some(dev) = device("gemm_gpu_rejects_bad_shapes_and_types_with_typed_errors") else {
+        return;
+    };
+    let s = dev.stream();
+    assert!(matches!(
+        GemmPlan::new(&dev, s, &GemmSpec::w4a16(1, 8, 24)),
+        Err(Error::Shape { .. })
+    ));
+    let f32_act = GemmSpec {
+        op: GemmOp::W4A16(Dtype::F32),
+        ..GemmSpec::w4a16(1, 8, 32)
+    };
+    assert!(matches!(
+        GemmPlan::new(&dev, s, &f32_act),
+        Err(Error::InvalidValue { .. })
+    ));
+    let mut plan = GemmPlan::new(&dev, s, &GemmSpec::w4a16(2, 8, 32)).unwrap();
+    let w = quant::quantize("w", &vec![1.0f32; 8 * 64], 8, 64, &QuantizeOptions::default()).unwrap();
+    let dw = DeviceNvfp4::upload(s, &w).unwrap();
+    let a = upload(s, "a", &[bf16::ONE; 2 * 32]).unwrap();
+    let mut out = upload(s, "out", &[bf16::ZERO; 16]).unwrap();
+    let e = plan.w4a16(&dev, s, &a, &dw, None, &mut out).unwrap_err();
+    assert!(matches!(&e, Error::Shape { name, .. } if name == "W"), "{e}");
+    let w = quant::quantize("w", &vec![1.0f32; 8 * 32], 8, 32, &QuantizeOptions::default()).unwrap();
+    let dw = DeviceNvfp4::upload(s, &w).unwrap();
+    let short = upload(s, "a", &[bf16::ONE; 31]).unwrap();
+    let e = plan.w4a16(&dev, s, &short, &dw, None, &mut out).unwrap_err();
+    assert!(matches!(&e, Error::Length { name, .. } if name == "A"), "{e}");
+    let mut wrong = upload(s, "out", &[0.0f32; 16]).unwrap();
+    assert!(plan.w4a16(&dev, s, &a, &dw, None, &mut wrong).is_err());
+    plan.w4a16(&dev, s, &a, &dw, None, &mut out).unwrap();
+    // Every weight decodes to 1 (code 6 x scale 448 x 1/2688), so every output is the sum of 32 ones.
+    assert!(
+        download(s, "out", &out)
+            .unwrap()
+            .iter()
+            .all(|x| x.to_f32() == 32.0)
+    );
+}
