@@ -284,7 +284,7 @@ pub fn read_layer(ck: &Checkpoint, prefix: &str, flavour: Flavour) -> Result<Qua
             let scales = scale_bytes(sf, se)?.to_vec();
             let (gf, ge) = need(ck, &format!("{prefix}.weight_global_scale"))?;
             let g = scalar_f32(gf, ge)?;
-            let s2 = decode_from_encode(g).ok_or_else(|| {
+            let s2 = exact_decode_scale(wf, prefix, g).or(decode_from_encode(g)).ok_or_else(|| {
                 with_file(gf, Error::invalid(&ge.name, format!("encode global scale {g} must be finite and > 0")))
             })?;
             let t = Nvfp4Tensor::from_parts(
@@ -395,6 +395,34 @@ fn comfy_marker(ck: &Checkpoint, prefix: &str) -> Result<Option<serde_json::Valu
             file: file_name(f),
             what: format!("`{}` is not UTF-8 JSON: {err}", e.name),
         })
+}
+
+/// The header `__metadata__` key under which this crate records, in compressed-tensors files it
+/// writes, each layer's exact decode scale: `{"<layer>": "0x3B73CF3D", ...}` (f32 bits). About 17% of
+/// f32 decode scales have no f32 `G` with `1/G` equal to them (where `1/x` maps a binade onto fewer
+/// values), so `G` alone cannot carry them; loaders ignore header metadata.
+pub const CT_DECODE_SCALES_KEY: &str = "nvfp4.decode_global_scales";
+
+/// The decode scale recorded for `prefix` in `f`'s metadata, if it is consistent with `g` (a file
+/// edited by another tool after we wrote it falls back to `1/G`).
+fn exact_decode_scale(f: &TensorFile, prefix: &str, g: f32) -> Option<f32> {
+    let (_, v) = f.metadata().iter().find(|(k, _)| k == CT_DECODE_SCALES_KEY)?;
+    let map: serde_json::Value = serde_json::from_str(v).ok()?;
+    let hex = map.get(prefix)?.as_str()?.strip_prefix("0x")?;
+    let s2 = f32::from_bits(u32::from_str_radix(hex, 16).ok()?);
+    (s2.is_finite() && s2 >= 0.0 && encode_global_scale(s2) == g).then_some(s2)
+}
+
+/// The decode-convention global scale of layer `prefix` from its scalar tensor alone.
+pub fn layer_global_scale(ck: &Checkpoint, prefix: &str, flavour: Flavour) -> Result<f32> {
+    if flavour == Flavour::CompressedTensors {
+        let (gf, ge) = need(ck, &format!("{prefix}.weight_global_scale"))?;
+        let g = scalar_f32(gf, ge)?;
+        let (wf, _) = need(ck, &format!("{prefix}.weight_packed"))?;
+        return Ok(exact_decode_scale(wf, prefix, g).or(decode_from_encode(g)).unwrap_or(0.0));
+    }
+    let (gf, ge) = need(ck, &format!("{prefix}.weight_scale_2"))?;
+    scalar_f32(gf, ge)
 }
 
 /// compressed-tensors' encode scale `G` (2688/amax) to the decode convention: `1 / G`.

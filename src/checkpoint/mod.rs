@@ -16,11 +16,13 @@
 //! 0x00 padding). ModelOpt and ComfyUI store the same decode-convention global scale `S2`, so those
 //! conversions dequantize to identical values. compressed-tensors stores the encode scale `G` and
 //! dequantizes `e2m1 * (sf / G)`: writing it, [`encode_global_scale`] picks the f32 `G` nearest to
-//! `1/S2` with `1/G == S2` exactly, so reading it back gives `S2`'s bytes (a round trip is
-//! byte-identical); the values compressed-tensors itself computes, `sf / G`, equal ModelOpt's
+//! `1/S2` with `1/G == S2` exactly where one exists (for about 17% of f32 values none does: `1/x`
+//! maps `[sqrt2, 2)` onto fewer f32 values than it holds), and the header metadata key
+//! [`CT_DECODE_SCALES_KEY`] records `S2` itself, so reading our own file back gives `S2`'s bytes (a
+//! round trip is byte-identical); a foreign compressed-tensors file is read as `S2 = f32(1/G)`. The values compressed-tensors itself computes, `sf / G`, equal ModelOpt's
 //! `sf * S2` exactly when `S2` is a power of two and otherwise may differ by one f32 ulp of the scale
 //! product (nvfp4-format.md §0.7.1). An all-zero tensor (`S2 = 0`) is written with `G = 1.0`,
-//! compressed-tensors' own fallback; its codes are all zero, so its values are exact either way.
+//! compressed-tensors' own fallback (its codes are all zero, so its values are exact either way).
 //!
 //! **ComfyUI shapes.** ComfyUI files do not store a layer's logical shape (ComfyUI takes it from the
 //! module). Writing, this crate pads rows to a multiple of 16 as ComfyUI does and, only when it pads,
@@ -39,7 +41,7 @@ mod write;
 
 pub use file::{Dense, TensorEntry, TensorFile};
 pub use flavour::{
-    Flavour, OutTensor, QuantizedLayer, detect, encode_global_scale, find_layers, layer_shape,
+    CT_DECODE_SCALES_KEY, Flavour, OutTensor, QuantizedLayer, detect, encode_global_scale, find_layers, layer_global_scale, layer_shape,
     layer_specs, layer_tensors, read_layer,
 };
 pub use inspect::{Inspection, LayerSummary, inspect};

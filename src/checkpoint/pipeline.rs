@@ -366,8 +366,19 @@ fn write_file(
         .filter(|(k, _)| k != "hf_quant_config" && k != "_quantization_metadata")
         .cloned()
         .collect();
+    metadata.retain(|(k, _)| k != flavour::CT_DECODE_SCALES_KEY);
     if !output.dir && to == Flavour::ModelOpt {
         metadata.push(("hf_quant_config".into(), quant_config.to_string()));
+    }
+    if to == Flavour::CompressedTensors {
+        let mut exact = serde_json::Map::new();
+        for (job, _) in &plan.jobs {
+            if let Job::Layer { prefix, from } = job {
+                let s2 = flavour::layer_global_scale(ck, prefix, *from)?;
+                exact.insert(prefix.clone(), format!("0x{:08X}", s2.to_bits()).into());
+            }
+        }
+        metadata.push((flavour::CT_DECODE_SCALES_KEY.into(), serde_json::Value::Object(exact).to_string()));
     }
     let path = output.file_path(input);
     let mut w = FileWriter::create(&path, specs, &metadata)?;
