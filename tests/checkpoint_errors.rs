@@ -15,13 +15,19 @@ type Tensors = BTreeMap<String, (St, Vec<usize>, Vec<u8>)>;
 
 fn one(name: &str, dtype: St, shape: &[usize], values: &[f32]) -> Tensors {
     let mut t = Tensors::new();
-    t.insert(name.into(), (dtype, shape.to_vec(), common::encode(dtype, values)));
+    t.insert(
+        name.into(),
+        (dtype, shape.to_vec(), common::encode(dtype, values)),
+    );
     t
 }
 
 fn quantize(input: &Path, out: &Path, sel: Selection) -> nvfp4::Result<checkpoint::Summary> {
     let ck = Checkpoint::open(input)?;
-    let job = QuantizeJob { selection: sel, ..QuantizeJob::default() };
+    let job = QuantizeJob {
+        selection: sel,
+        ..QuantizeJob::default()
+    };
     checkpoint::quantize_checkpoint(&ck, out, &job, &cpu_quantizer, &|_| {})
 }
 
@@ -77,9 +83,18 @@ fn offsets_outside_the_file_name_the_tensor() {
         &[0u8; 20],
     );
     match Checkpoint::open(&p) {
-        Err(Error::TensorOutOfBounds { file, tensor, start, end, data_len }) => {
+        Err(Error::TensorOutOfBounds {
+            file,
+            tensor,
+            start,
+            end,
+            data_len,
+        }) => {
             assert!(file.ends_with("oob.safetensors"));
-            assert_eq!((tensor.as_str(), start, end, data_len), ("big.weight", 4, 516, 20));
+            assert_eq!(
+                (tensor.as_str(), start, end, data_len),
+                ("big.weight", 4, 516, 20)
+            );
         }
         other => panic!("{:?}", other.err()),
     }
@@ -91,7 +106,10 @@ fn offsets_outside_the_file_name_the_tensor() {
     let bytes = std::fs::read(&good).unwrap();
     let cut = dir.path().join("cut.safetensors");
     std::fs::write(&cut, &bytes[..bytes.len() - 100]).unwrap();
-    assert!(matches!(Checkpoint::open(&cut), Err(Error::TensorOutOfBounds { .. })));
+    assert!(matches!(
+        Checkpoint::open(&cut),
+        Err(Error::TensorOutOfBounds { .. })
+    ));
 }
 
 #[test]
@@ -99,9 +117,14 @@ fn unsupported_dtype_on_an_included_tensor_and_on_a_scale() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("i.safetensors");
     common::write(&p, &one("a.weight", St::I32, &[16, 16], &[1.0; 256]));
-    let sel = Selection { include: vec!["a".into()], ..Selection::default() };
+    let sel = Selection {
+        include: vec!["a".into()],
+        ..Selection::default()
+    };
     match quantize(&p, &dir.path().join("o.safetensors"), sel) {
-        Err(Error::UnsupportedDtype { file, tensor, dtype, .. }) => {
+        Err(Error::UnsupportedDtype {
+            file, tensor, dtype, ..
+        }) => {
             assert!(file.ends_with("i.safetensors"));
             assert_eq!((tensor.as_str(), dtype.as_str()), ("a.weight", "I32"));
         }
@@ -112,7 +135,10 @@ fn unsupported_dtype_on_an_included_tensor_and_on_a_scale() {
 
     // A ModelOpt layer whose global scale is BF16.
     let mut t = one("l.weight", St::U8, &[16, 8], &[0.0; 128]);
-    t.insert("l.weight_scale".into(), (St::F8_E4M3, vec![16, 1], vec![0x38; 16]));
+    t.insert(
+        "l.weight_scale".into(),
+        (St::F8_E4M3, vec![16, 1], vec![0x38; 16]),
+    );
     t.insert("l.weight_scale_2".into(), (St::BF16, vec![], vec![0, 0x3f]));
     let q = dir.path().join("q.safetensors");
     common::write(&q, &t);
@@ -134,10 +160,16 @@ fn k_not_a_multiple_of_16_on_an_included_tensor_is_a_shape_error() {
     let s = quantize(&p, &dir.path().join("o1.safetensors"), Selection::default()).unwrap();
     assert_eq!((s.quantized, s.copied), (0, 1));
     // ...an error when asked for.
-    let sel = Selection { include: vec!["odd.*".into()], ..Selection::default() };
+    let sel = Selection {
+        include: vec!["odd.*".into()],
+        ..Selection::default()
+    };
     match quantize(&p, &dir.path().join("o2.safetensors"), sel) {
         Err(Error::Shape { name, shape, .. }) => {
-            assert!(name.contains("k.safetensors") && name.ends_with("odd.weight"), "{name}");
+            assert!(
+                name.contains("k.safetensors") && name.ends_with("odd.weight"),
+                "{name}"
+            );
             assert_eq!(shape, [4, 24]);
         }
         other => panic!("{:?}", other.err()),
@@ -171,14 +203,30 @@ fn nan_or_inf_in_a_weight_names_the_index() {
         v[37] = bad;
         let p = dir.path().join(format!("{what}.safetensors"));
         common::write(&p, &one("w.weight", St::BF16, &[4, 16], &v));
-        match quantize(&p, &dir.path().join(format!("{what}-out.safetensors")), Selection::default()) {
-            Err(Error::NonFinite { name, index, row, col, .. }) => {
-                assert!(name.contains(&format!("{what}.safetensors")) && name.ends_with("w.weight"), "{name}");
+        match quantize(
+            &p,
+            &dir.path().join(format!("{what}-out.safetensors")),
+            Selection::default(),
+        ) {
+            Err(Error::NonFinite {
+                name,
+                index,
+                row,
+                col,
+                ..
+            }) => {
+                assert!(
+                    name.contains(&format!("{what}.safetensors")) && name.ends_with("w.weight"),
+                    "{name}"
+                );
                 assert_eq!((index, row, col), (37, 2, 5));
             }
             other => panic!("{:?}", other.err()),
         }
-        assert!(!dir.path().join(format!("{what}-out.safetensors")).exists(), "partial output left");
+        assert!(
+            !dir.path().join(format!("{what}-out.safetensors")).exists(),
+            "partial output left"
+        );
     }
 }
 
@@ -187,7 +235,10 @@ fn scale_shapes_that_do_not_fit_their_weight() {
     let dir = tempfile::tempdir().unwrap();
     let base = || {
         let mut t = one("l.weight", St::U8, &[16, 16], &[0.0; 256]);
-        t.insert("l.weight_scale_2".into(), (St::F32, vec![], 1f32.to_le_bytes().to_vec()));
+        t.insert(
+            "l.weight_scale_2".into(),
+            (St::F32, vec![], 1f32.to_le_bytes().to_vec()),
+        );
         t
     };
     let cases = [
@@ -200,14 +251,22 @@ fn scale_shapes_that_do_not_fit_their_weight() {
         let n: usize = shape.iter().product();
         t.insert(name.into(), (St::F8_E4M3, shape.clone(), vec![0x38; n]));
         if flavour == Flavour::Comfy {
-            t.insert("l.comfy_quant".into(), (St::U8, vec![18], br#"{"format":"nvfp4"}"#.to_vec()));
+            t.insert(
+                "l.comfy_quant".into(),
+                (St::U8, vec![18], br#"{"format":"nvfp4"}"#.to_vec()),
+            );
         }
         let p = dir.path().join(format!("s{i}.safetensors"));
         common::write(&p, &t);
         let ck = Checkpoint::open(&p).unwrap();
         assert_eq!(checkpoint::detect(&ck), flavour);
         match checkpoint::read_layer(&ck, "l", flavour) {
-            Err(Error::ScaleShape { file, tensor, shape: s, .. }) => {
+            Err(Error::ScaleShape {
+                file,
+                tensor,
+                shape: s,
+                ..
+            }) => {
                 assert!(file.ends_with(&format!("s{i}.safetensors")));
                 assert_eq!((tensor.as_str(), s), (name, shape));
             }
@@ -218,7 +277,10 @@ fn scale_shapes_that_do_not_fit_their_weight() {
     }
     // A global scale with two elements.
     let mut t = base();
-    t.insert("l.weight_scale".into(), (St::F8_E4M3, vec![16, 2], vec![0x38; 32]));
+    t.insert(
+        "l.weight_scale".into(),
+        (St::F8_E4M3, vec![16, 2], vec![0x38; 32]),
+    );
     t.insert("l.weight_scale_2".into(), (St::F32, vec![2], vec![0; 8]));
     let p = dir.path().join("g.safetensors");
     common::write(&p, &t);
@@ -236,10 +298,16 @@ fn an_existing_output_is_refused_unless_forced_and_never_the_input() {
     common::write(&p, &one("w.weight", St::BF16, &[4, 16], &[1.0; 64]));
     let out = dir.path().join("o.safetensors");
     std::fs::write(&out, b"keep me").unwrap();
-    assert!(matches!(quantize(&p, &out, Selection::default()), Err(Error::OutputExists { .. })));
+    assert!(matches!(
+        quantize(&p, &out, Selection::default()),
+        Err(Error::OutputExists { .. })
+    ));
     assert_eq!(std::fs::read(&out).unwrap(), b"keep me");
     let ck = Checkpoint::open(&p).unwrap();
-    let job = QuantizeJob { force: true, ..QuantizeJob::default() };
+    let job = QuantizeJob {
+        force: true,
+        ..QuantizeJob::default()
+    };
     checkpoint::quantize_checkpoint(&ck, &out, &job, &cpu_quantizer, &|_| {}).unwrap();
     assert!(Checkpoint::open(&out).is_ok());
     // Even forced, the input itself is never the output.

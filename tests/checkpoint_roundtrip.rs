@@ -22,15 +22,24 @@ const QUANTIZED: [&str; 3] = [
 fn dense_f32(dtype: St, bytes: &[u8]) -> Vec<f32> {
     match dtype {
         St::F32 => common::pod(bytes),
-        St::F16 => bytes.chunks(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-        St::BF16 => bytes.chunks(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        St::F16 => bytes
+            .chunks(2)
+            .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        St::BF16 => bytes
+            .chunks(2)
+            .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
         _ => unreachable!(),
     }
 }
 
 fn quantize_to(input: &std::path::Path, out: &std::path::Path) -> checkpoint::Summary {
     let ck = Checkpoint::open(input).unwrap();
-    let job = QuantizeJob { measure: true, ..QuantizeJob::default() };
+    let job = QuantizeJob {
+        measure: true,
+        ..QuantizeJob::default()
+    };
     checkpoint::quantize_checkpoint(&ck, out, &job, &cpu_quantizer, &|_| {}).unwrap()
 }
 
@@ -57,7 +66,13 @@ fn quantize_writes_the_reference_quantizers_bytes_and_copies_the_rest() {
         let module = name.strip_suffix(".weight").unwrap_or(name);
         if QUANTIZED.contains(&module) {
             let q = match dtype {
-                St::F32 => quant::quantize(name, &dense_f32(*dtype, bytes), shape[0], shape[1], &QuantizeOptions::default()),
+                St::F32 => quant::quantize(
+                    name,
+                    &dense_f32(*dtype, bytes),
+                    shape[0],
+                    shape[1],
+                    &QuantizeOptions::default(),
+                ),
                 St::F16 => {
                     let v: Vec<f16> = common::pod(bytes);
                     quant::quantize(name, &v, shape[0], shape[1], &QuantizeOptions::default())
@@ -72,19 +87,31 @@ fn quantize_writes_the_reference_quantizers_bytes_and_copies_the_rest() {
             assert_eq!((w.0.as_str(), &w.1), ("U8", &vec![shape[0], shape[1] / 2]));
             assert_eq!(w.2, q.codes(), "{name}: codes differ from the CPU reference");
             let sc = &got[&format!("{module}.weight_scale")];
-            assert_eq!((sc.0.as_str(), &sc.1), ("F8_E4M3", &vec![shape[0], shape[1] / 16]));
+            assert_eq!(
+                (sc.0.as_str(), &sc.1),
+                ("F8_E4M3", &vec![shape[0], shape[1] / 16])
+            );
             assert_eq!(sc.2, q.scales(), "{name}: scales differ");
             let g = &got[&format!("{module}.weight_scale_2")];
             assert_eq!((g.0.as_str(), g.1.len()), ("F32", 0));
             assert_eq!(g.2, q.global_scale().to_le_bytes());
         } else {
             let t = &got[name];
-            assert_eq!((&t.0, &t.1, &t.2), (&dtype.to_string(), shape, bytes), "{name} not copied unchanged");
+            assert_eq!(
+                (&t.0, &t.1, &t.2),
+                (&dtype.to_string(), shape, bytes),
+                "{name} not copied unchanged"
+            );
         }
     }
     // The single-file output carries the quant config in its header.
     let f = checkpoint::TensorFile::open(&out).unwrap();
-    let cfg = &f.metadata().iter().find(|(k, _)| k == "hf_quant_config").unwrap().1;
+    let cfg = &f
+        .metadata()
+        .iter()
+        .find(|(k, _)| k == "hf_quant_config")
+        .unwrap()
+        .1;
     let cfg: serde_json::Value = serde_json::from_str(cfg).unwrap();
     assert_eq!(cfg["quantization"]["quant_algo"], "NVFP4");
     assert_eq!(cfg["quantization"]["group_size"], 16);
@@ -113,8 +140,16 @@ fn quantize_inspect_dequantize_round_trip_single_and_sharded() {
     common::write_sharded(&sharded, &tensors);
 
     for (input, out, deq) in [
-        (single.clone(), dir.path().join("q.safetensors"), dir.path().join("d.safetensors")),
-        (sharded.clone(), dir.path().join("q-dir"), dir.path().join("d-dir")),
+        (
+            single.clone(),
+            dir.path().join("q.safetensors"),
+            dir.path().join("d.safetensors"),
+        ),
+        (
+            sharded.clone(),
+            dir.path().join("q-dir"),
+            dir.path().join("d-dir"),
+        ),
     ] {
         quantize_to(&input, &out);
         let ck = Checkpoint::open(&out).unwrap();
@@ -126,7 +161,11 @@ fn quantize_inspect_dequantize_round_trip_single_and_sharded() {
         }
         checkpoint::dequantize_checkpoint(&ck, &deq, Dtype::F32, false, &|_| {}).unwrap();
         let back = common::read_all(&deq);
-        assert_eq!(back.len(), tensors.len(), "dequantize restores the dense tensor set");
+        assert_eq!(
+            back.len(),
+            tensors.len(),
+            "dequantize restores the dense tensor set"
+        );
         for module in QUANTIZED {
             let name = format!("{module}.weight");
             let (dt, shape, bytes) = &tensors[&name];
@@ -142,13 +181,18 @@ fn quantize_inspect_dequantize_round_trip_single_and_sharded() {
     // The sharded output keeps the shards, rewrites the index, adds the quant configs, copies files.
     let q = dir.path().join("q-dir");
     let index: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(q.join("model.safetensors.index.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(q.join("model.safetensors.index.json")).unwrap())
+            .unwrap();
     assert_eq!(
         index["weight_map"]["model.layers.0.mlp.up_proj.weight_scale_2"],
         "model-00001-of-00002.safetensors"
     );
-    assert_eq!(index["weight_map"]["lm_head.weight"], "model-00002-of-00002.safetensors");
-    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(q.join("config.json")).unwrap()).unwrap();
+    assert_eq!(
+        index["weight_map"]["lm_head.weight"],
+        "model-00002-of-00002.safetensors"
+    );
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(q.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["quantization_config"]["quant_method"], "modelopt");
     assert_eq!(config["quantization_config"]["quant_algo"], "NVFP4");
     assert_eq!(config["hidden_size"], 64);
@@ -165,7 +209,11 @@ fn convert_modelopt_comfy_compressed_tensors_modelopt_is_lossless() {
     // An all-zero weight: S2 = 0 is written to compressed-tensors as G = 1.0 (its own fallback) and
     // recovered exactly from the metadata record.
     let zero = "model.layers.0.mlp.gate_proj.weight";
-    gens.push(common::Gen { name: zero, dtype: St::BF16, shape: vec![16, 32] });
+    gens.push(common::Gen {
+        name: zero,
+        dtype: St::BF16,
+        shape: vec![16, 32],
+    });
     let mut tensors = common::generate(&mut rng, &gens);
     tensors.get_mut(zero).unwrap().2.fill(0);
     let dir = tempfile::tempdir().unwrap();
@@ -188,7 +236,8 @@ fn convert_modelopt_comfy_compressed_tensors_modelopt_is_lossless() {
         assert_eq!(checkpoint::detect(&back), to);
         // Every layer reads back to the same canonical tensor in every flavour.
         for module in QUANTIZED {
-            let a = checkpoint::read_layer(&Checkpoint::open(&mo).unwrap(), module, Flavour::ModelOpt).unwrap();
+            let a =
+                checkpoint::read_layer(&Checkpoint::open(&mo).unwrap(), module, Flavour::ModelOpt).unwrap();
             let b = checkpoint::read_layer(&back, module, to).unwrap();
             assert_eq!(a, b, "{module} after {}", to.name());
         }
@@ -212,11 +261,21 @@ fn convert_modelopt_comfy_compressed_tensors_modelopt_is_lossless() {
     assert_eq!(marker["logical_shape"], serde_json::json!([40, 32]));
     let mo_codes = &a[&format!("{down}.weight")].2;
     let comfy_codes = &comfy[&format!("{down}.weight")].2;
-    assert!(mo_codes.iter().zip(comfy_codes).all(|(&m, &c)| c == m.rotate_left(4)));
+    assert!(
+        mo_codes
+            .iter()
+            .zip(comfy_codes)
+            .all(|(&m, &c)| c == m.rotate_left(4))
+    );
     assert!(comfy_codes[mo_codes.len()..].iter().all(|&c| c == 0));
     let up = "model.layers.0.mlp.up_proj";
-    let up_marker: serde_json::Value = serde_json::from_slice(&comfy[&format!("{up}.comfy_quant")].2).unwrap();
-    assert_eq!(up_marker, serde_json::json!({"format": "nvfp4"}), "no extra key when nothing is padded");
+    let up_marker: serde_json::Value =
+        serde_json::from_slice(&comfy[&format!("{up}.comfy_quant")].2).unwrap();
+    assert_eq!(
+        up_marker,
+        serde_json::json!({"format": "nvfp4"}),
+        "no extra key when nothing is padded"
+    );
 
     // compressed-tensors: weight_packed, encode-convention global scale of shape [1].
     let ct = common::read_all(&dir.path().join("ct.safetensors"));
@@ -234,11 +293,23 @@ fn comfy_rows_come_from_the_bias_when_the_marker_has_no_shape() {
     let mut rng = Rng::new(common::seed());
     let w: Vec<f32> = rng.normal_vec(20 * 32, 1.0);
     let q = quant::quantize("w", &w, 20, 32, &QuantizeOptions::default()).unwrap();
-    let layer = checkpoint::QuantizedLayer { prefix: "blk.proj".into(), tensor: q.clone(), input_scale: Some(0.25) };
+    let layer = checkpoint::QuantizedLayer {
+        prefix: "blk.proj".into(),
+        tensor: q.clone(),
+        input_scale: Some(0.25),
+    };
     let mut tensors = std::collections::BTreeMap::new();
     for t in checkpoint::layer_tensors(layer, Flavour::Comfy).unwrap() {
-        let bytes = if t.name.ends_with("comfy_quant") { br#"{"format": "nvfp4"}"#.to_vec() } else { t.bytes };
-        let shape = if t.name.ends_with("comfy_quant") { vec![bytes.len()] } else { t.shape };
+        let bytes = if t.name.ends_with("comfy_quant") {
+            br#"{"format": "nvfp4"}"#.to_vec()
+        } else {
+            t.bytes
+        };
+        let shape = if t.name.ends_with("comfy_quant") {
+            vec![bytes.len()]
+        } else {
+            t.shape
+        };
         tensors.insert(t.name, (t.dtype, shape, bytes));
     }
     let dir = tempfile::tempdir().unwrap();
@@ -246,7 +317,11 @@ fn comfy_rows_come_from_the_bias_when_the_marker_has_no_shape() {
     common::write(&p, &tensors);
     let ck = Checkpoint::open(&p).unwrap();
     let padded = checkpoint::read_layer(&ck, "blk.proj", Flavour::Comfy).unwrap();
-    assert_eq!(padded.tensor.shape(), [32, 32], "without a hint the stored rows are N");
+    assert_eq!(
+        padded.tensor.shape(),
+        [32, 32],
+        "without a hint the stored rows are N"
+    );
     tensors.insert("blk.proj.bias".into(), (St::F32, vec![20], vec![0; 80]));
     common::write(&p.with_extension("b.safetensors"), &tensors);
     let ck = Checkpoint::open(&p.with_extension("b.safetensors")).unwrap();
@@ -271,9 +346,16 @@ fn compressed_tensors_global_scale_is_exact_where_an_f32_inverse_exists() {
             let g0 = 1.0 / s2;
             for d in -64i32..=64 {
                 let g = f32::from_bits((g0.to_bits() as i32 + d) as u32);
-                assert_ne!(1.0 / g, s2, "S2 {s2:e} has an exact partner {g:e} the search missed");
+                assert_ne!(
+                    1.0 / g,
+                    s2,
+                    "S2 {s2:e} has an exact partner {g:e} the search missed"
+                );
             }
-            assert!(s2 > std::f32::consts::SQRT_2 * 0.999, "S2 {s2} below sqrt2 has no partner");
+            assert!(
+                s2 > std::f32::consts::SQRT_2 * 0.999,
+                "S2 {s2} below sqrt2 has no partner"
+            );
         }
     }
     eprintln!("{exact} of 2^23 decode scales in [1,2) have an exact f32 encode partner, {none} do not");
@@ -286,10 +368,18 @@ fn a_foreign_compressed_tensors_file_reads_as_one_over_g() {
     let w: Vec<f32> = rng.normal_vec(16 * 32, 1.0);
     let q = quant::quantize("w", &w, 16, 32, &QuantizeOptions::default()).unwrap();
     let g = 2688.0f32 / 3.0;
-    let layer = checkpoint::QuantizedLayer { prefix: "m".into(), tensor: q, input_scale: None };
+    let layer = checkpoint::QuantizedLayer {
+        prefix: "m".into(),
+        tensor: q,
+        input_scale: None,
+    };
     let mut tensors = std::collections::BTreeMap::new();
     for t in checkpoint::layer_tensors(layer, Flavour::CompressedTensors).unwrap() {
-        let bytes = if t.name == "m.weight_global_scale" { g.to_le_bytes().to_vec() } else { t.bytes };
+        let bytes = if t.name == "m.weight_global_scale" {
+            g.to_le_bytes().to_vec()
+        } else {
+            t.bytes
+        };
         tensors.insert(t.name, (t.dtype, t.shape, bytes));
     }
     let dir = tempfile::tempdir().unwrap();
@@ -310,7 +400,10 @@ fn selection_defaults_follow_seedvr2_and_globs_override() {
         range: 0..0,
     };
     let sel = Selection::default();
-    assert!(sel.decide(&e("blocks.0.attn.proj_qkv.weight", St::BF16, &[64, 64])).quantize);
+    assert!(
+        sel.decide(&e("blocks.0.attn.proj_qkv.weight", St::BF16, &[64, 64]))
+            .quantize
+    );
     for kept in [
         "blocks.0.attn.proj_qkv.bias",
         "blocks.0.norm1.weight",
@@ -321,14 +414,35 @@ fn selection_defaults_follow_seedvr2_and_globs_override() {
     ] {
         assert!(!sel.decide(&e(kept, St::BF16, &[64, 64])).quantize, "{kept}");
     }
-    assert!(!sel.decide(&e("a.weight", St::BF16, &[64, 24])).quantize, "K % 16");
-    assert!(!sel.decide(&e("a.weight", St::BF16, &[64, 4, 4])).quantize, "not 2-D");
-    assert!(!sel.decide(&e("a.weight", St::I32, &[64, 64])).quantize, "not a float");
-    let sel = Selection { include: vec!["lm_head".into()], exclude: vec!["blocks.1.*".into()] };
+    assert!(
+        !sel.decide(&e("a.weight", St::BF16, &[64, 24])).quantize,
+        "K % 16"
+    );
+    assert!(
+        !sel.decide(&e("a.weight", St::BF16, &[64, 4, 4])).quantize,
+        "not 2-D"
+    );
+    assert!(
+        !sel.decide(&e("a.weight", St::I32, &[64, 64])).quantize,
+        "not a float"
+    );
+    let sel = Selection {
+        include: vec!["lm_head".into()],
+        exclude: vec!["blocks.1.*".into()],
+    };
     assert!(sel.decide(&e("lm_head.weight", St::BF16, &[64, 64])).quantize);
-    assert!(!sel.decide(&e("blocks.1.mlp.weight", St::BF16, &[64, 64])).quantize);
-    assert!(checkpoint::glob_match("model.layers.*.mlp*", "model.layers.10.mlp.up_proj"));
-    assert!(!checkpoint::glob_match("model.layers.?.mlp", "model.layers.10.mlp"));
+    assert!(
+        !sel.decide(&e("blocks.1.mlp.weight", St::BF16, &[64, 64]))
+            .quantize
+    );
+    assert!(checkpoint::glob_match(
+        "model.layers.*.mlp*",
+        "model.layers.10.mlp.up_proj"
+    ));
+    assert!(!checkpoint::glob_match(
+        "model.layers.?.mlp",
+        "model.layers.10.mlp"
+    ));
 }
 
 #[test]

@@ -97,8 +97,7 @@ impl TensorFile {
     /// ```
     pub fn open(path: &Path) -> Result<Self> {
         let map = super::map::map_read_only(path)?;
-        let (header_len, meta) =
-            SafeTensors::read_metadata(&map).map_err(|e| diagnose(path, &map, e))?;
+        let (header_len, meta) = SafeTensors::read_metadata(&map).map_err(|e| diagnose(path, &map, e))?;
         let base = 8 + header_len;
         let mut entries: Vec<TensorEntry> = meta
             .tensors()

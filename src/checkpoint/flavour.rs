@@ -40,9 +40,14 @@ impl Flavour {
 
     /// Parses a [`Flavour::name`] (`modelopt`, `compressed-tensors`, `comfy`, `dense`).
     pub fn parse(s: &str) -> Option<Self> {
-        [Flavour::Dense, Flavour::ModelOpt, Flavour::CompressedTensors, Flavour::Comfy]
-            .into_iter()
-            .find(|f| f.name() == s)
+        [
+            Flavour::Dense,
+            Flavour::ModelOpt,
+            Flavour::CompressedTensors,
+            Flavour::Comfy,
+        ]
+        .into_iter()
+        .find(|f| f.name() == s)
     }
 
     /// Names of the tensors of layer `prefix` in this flavour (for skipping them when copying the
@@ -158,11 +163,7 @@ fn file_name(f: &TensorFile) -> String {
 
 fn need<'a>(ck: &'a Checkpoint, name: &str) -> Result<(&'a TensorFile, &'a TensorEntry)> {
     ck.get(name).ok_or_else(|| Error::CorruptHeader {
-        file: ck
-            .files()
-            .first()
-            .map(file_name)
-            .unwrap_or_default(),
+        file: ck.files().first().map(file_name).unwrap_or_default(),
         what: format!("tensor `{name}` is missing"),
     })
 }
@@ -227,7 +228,11 @@ fn check_scale_shape(f: &TensorFile, e: &TensorEntry, expected: [usize; 2]) -> R
 
 fn with_file(f: &TensorFile, e: Error) -> Error {
     match e {
-        Error::Shape { name, shape, expected } => Error::Shape {
+        Error::Shape {
+            name,
+            shape,
+            expected,
+        } => Error::Shape {
             name: format!("{}: {name}", file_name(f)),
             shape,
             expected,
@@ -236,7 +241,12 @@ fn with_file(f: &TensorFile, e: Error) -> Error {
             name: format!("{}: {name}", file_name(f)),
             what,
         },
-        Error::Length { name, shape, expected, actual } => Error::Length {
+        Error::Length {
+            name,
+            shape,
+            expected,
+            actual,
+        } => Error::Length {
             name: format!("{}: {name}", file_name(f)),
             shape,
             expected,
@@ -284,9 +294,17 @@ pub fn read_layer(ck: &Checkpoint, prefix: &str, flavour: Flavour) -> Result<Qua
             let scales = scale_bytes(sf, se)?.to_vec();
             let (gf, ge) = need(ck, &format!("{prefix}.weight_global_scale"))?;
             let g = scalar_f32(gf, ge)?;
-            let s2 = exact_decode_scale(wf, prefix, g).or(decode_from_encode(g)).ok_or_else(|| {
-                with_file(gf, Error::invalid(&ge.name, format!("encode global scale {g} must be finite and > 0")))
-            })?;
+            let s2 = exact_decode_scale(wf, prefix, g)
+                .or(decode_from_encode(g))
+                .ok_or_else(|| {
+                    with_file(
+                        gf,
+                        Error::invalid(
+                            &ge.name,
+                            format!("encode global scale {g} must be finite and > 0"),
+                        ),
+                    )
+                })?;
             let t = Nvfp4Tensor::from_parts(
                 &we.name,
                 n,
@@ -381,7 +399,11 @@ pub fn layer_shape(ck: &Checkpoint, prefix: &str, flavour: Flavour) -> Result<(u
     };
     let (wf, we) = need(ck, &format!("{prefix}.{weight}"))?;
     let (np, k) = packed_shape(wf, we)?;
-    let n = if flavour == Flavour::Comfy { comfy_rows(ck, prefix, np)?.min(np) } else { np };
+    let n = if flavour == Flavour::Comfy {
+        comfy_rows(ck, prefix, np)?.min(np)
+    } else {
+        np
+    };
     Ok((n, k, ck.get(&format!("{prefix}.{input}")).is_some()))
 }
 
@@ -419,7 +441,9 @@ pub fn layer_global_scale(ck: &Checkpoint, prefix: &str, flavour: Flavour) -> Re
         let (gf, ge) = need(ck, &format!("{prefix}.weight_global_scale"))?;
         let g = scalar_f32(gf, ge)?;
         let (wf, _) = need(ck, &format!("{prefix}.weight_packed"))?;
-        return Ok(exact_decode_scale(wf, prefix, g).or(decode_from_encode(g)).unwrap_or(0.0));
+        return Ok(exact_decode_scale(wf, prefix, g)
+            .or(decode_from_encode(g))
+            .unwrap_or(0.0));
     }
     let (gf, ge) = need(ck, &format!("{prefix}.weight_scale_2"))?;
     scalar_f32(gf, ge)
@@ -434,7 +458,7 @@ fn decode_from_encode(g: f32) -> Option<f32> {
 /// `1/G == s2` exactly when one exists within 8 ulps (so a round trip returns `s2`'s bytes), else
 /// `f32(1/s2)`. An all-zero tensor (`s2 == 0`) gets 1.0, compressed-tensors' own fallback.
 pub fn encode_global_scale(s2: f32) -> f32 {
-    if !(s2 > 0.0) || !s2.is_finite() {
+    if s2.is_nan() || s2 <= 0.0 || s2.is_infinite() {
         return 1.0;
     }
     let g0 = 1.0 / s2;
@@ -463,16 +487,46 @@ pub fn layer_tensors(layer: QuantizedLayer, flavour: Flavour) -> Result<Vec<OutT
     match flavour {
         Flavour::Dense => return Err(Error::invalid(p, "use dequantize for a dense layer")),
         Flavour::ModelOpt => {
-            out.push(OutTensor::new(format!("{p}.weight"), StDtype::U8, vec![n, k / 2], t.codes().to_vec()));
-            out.push(OutTensor::new(format!("{p}.weight_scale"), StDtype::F8_E4M3, vec![n, bc], t.scales().to_vec()));
-            out.push(OutTensor::new(format!("{p}.weight_scale_2"), StDtype::F32, vec![], f32b(t.global_scale())));
+            out.push(OutTensor::new(
+                format!("{p}.weight"),
+                StDtype::U8,
+                vec![n, k / 2],
+                t.codes().to_vec(),
+            ));
+            out.push(OutTensor::new(
+                format!("{p}.weight_scale"),
+                StDtype::F8_E4M3,
+                vec![n, bc],
+                t.scales().to_vec(),
+            ));
+            out.push(OutTensor::new(
+                format!("{p}.weight_scale_2"),
+                StDtype::F32,
+                vec![],
+                f32b(t.global_scale()),
+            ));
             if let Some(s) = layer.input_scale {
-                out.push(OutTensor::new(format!("{p}.input_scale"), StDtype::F32, vec![], f32b(s)));
+                out.push(OutTensor::new(
+                    format!("{p}.input_scale"),
+                    StDtype::F32,
+                    vec![],
+                    f32b(s),
+                ));
             }
         }
         Flavour::CompressedTensors => {
-            out.push(OutTensor::new(format!("{p}.weight_packed"), StDtype::U8, vec![n, k / 2], t.codes().to_vec()));
-            out.push(OutTensor::new(format!("{p}.weight_scale"), StDtype::F8_E4M3, vec![n, bc], t.scales().to_vec()));
+            out.push(OutTensor::new(
+                format!("{p}.weight_packed"),
+                StDtype::U8,
+                vec![n, k / 2],
+                t.codes().to_vec(),
+            ));
+            out.push(OutTensor::new(
+                format!("{p}.weight_scale"),
+                StDtype::F8_E4M3,
+                vec![n, bc],
+                t.scales().to_vec(),
+            ));
             out.push(OutTensor::new(
                 format!("{p}.weight_global_scale"),
                 StDtype::F32,
@@ -499,18 +553,38 @@ pub fn layer_tensors(layer: QuantizedLayer, flavour: Flavour) -> Result<Vec<OutT
             lin.resize(np * bc, 0);
             let swz = scale_layout::convert(&lin, np, bc, ScaleLayout::Linear, ScaleLayout::Swizzled128x4)?;
             let marker = comfy_marker_bytes(n, k);
-            out.push(OutTensor::new(format!("{p}.weight"), StDtype::U8, vec![np, k / 2], codes));
+            out.push(OutTensor::new(
+                format!("{p}.weight"),
+                StDtype::U8,
+                vec![np, k / 2],
+                codes,
+            ));
             out.push(OutTensor::new(
                 format!("{p}.weight_scale"),
                 StDtype::F8_E4M3,
                 vec![padded_rows(np), padded_cols(bc)],
                 swz,
             ));
-            out.push(OutTensor::new(format!("{p}.weight_scale_2"), StDtype::F32, vec![], f32b(t.global_scale())));
+            out.push(OutTensor::new(
+                format!("{p}.weight_scale_2"),
+                StDtype::F32,
+                vec![],
+                f32b(t.global_scale()),
+            ));
             if let Some(s) = layer.input_scale {
-                out.push(OutTensor::new(format!("{p}.input_scale"), StDtype::F32, vec![], f32b(s)));
+                out.push(OutTensor::new(
+                    format!("{p}.input_scale"),
+                    StDtype::F32,
+                    vec![],
+                    f32b(s),
+                ));
             }
-            out.push(OutTensor::new(format!("{p}.comfy_quant"), StDtype::U8, vec![marker.len()], marker));
+            out.push(OutTensor::new(
+                format!("{p}.comfy_quant"),
+                StDtype::U8,
+                vec![marker.len()],
+                marker,
+            ));
         }
     }
     Ok(out)
@@ -531,11 +605,18 @@ pub fn layer_specs(
     let (weight, global, global_shape, input) = match flavour {
         Flavour::Dense => return out,
         Flavour::ModelOpt | Flavour::Comfy => ("weight", "weight_scale_2", vec![], "input_scale"),
-        Flavour::CompressedTensors => {
-            ("weight_packed", "weight_global_scale", vec![1], "input_global_scale")
-        }
+        Flavour::CompressedTensors => (
+            "weight_packed",
+            "weight_global_scale",
+            vec![1],
+            "input_global_scale",
+        ),
     };
-    let np = if flavour == Flavour::Comfy { n.div_ceil(16) * 16 } else { n };
+    let np = if flavour == Flavour::Comfy {
+        n.div_ceil(16) * 16
+    } else {
+        n
+    };
     out.push((format!("{p}.{weight}"), StDtype::U8, vec![np, k / 2]));
     let scale_shape = if flavour == Flavour::Comfy {
         vec![padded_rows(np), padded_cols(bc)]
@@ -548,7 +629,11 @@ pub fn layer_specs(
         out.push((format!("{p}.{input}"), StDtype::F32, global_shape));
     }
     if flavour == Flavour::Comfy {
-        out.push((format!("{p}.comfy_quant"), StDtype::U8, vec![comfy_marker_bytes(n, k).len()]));
+        out.push((
+            format!("{p}.comfy_quant"),
+            StDtype::U8,
+            vec![comfy_marker_bytes(n, k).len()],
+        ));
     }
     out
 }

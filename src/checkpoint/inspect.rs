@@ -105,7 +105,11 @@ pub fn inspect(ck: &Checkpoint) -> Result<Inspection> {
     }
     Ok(Inspection {
         flavour: flavour::detect(ck),
-        files: ck.files().iter().map(|f| f.path().display().to_string()).collect(),
+        files: ck
+            .files()
+            .iter()
+            .map(|f| f.path().display().to_string())
+            .collect(),
         tensors,
         layers,
     })

@@ -41,13 +41,13 @@ mod write;
 
 pub use file::{Dense, TensorEntry, TensorFile};
 pub use flavour::{
-    CT_DECODE_SCALES_KEY, Flavour, OutTensor, QuantizedLayer, detect, encode_global_scale, find_layers, layer_global_scale, layer_shape,
-    layer_specs, layer_tensors, read_layer,
+    CT_DECODE_SCALES_KEY, Flavour, OutTensor, QuantizedLayer, detect, encode_global_scale, find_layers,
+    layer_global_scale, layer_shape, layer_specs, layer_tensors, read_layer,
 };
 pub use inspect::{Inspection, LayerSummary, inspect};
 pub use pipeline::{
-    Progress, QuantizeJob, Quantizer, Summary, convert_checkpoint, cpu_quantizer,
-    dequantize_checkpoint, plan_quantize, quant_config_json, quantize_checkpoint,
+    Progress, QuantizeJob, Quantizer, Summary, convert_checkpoint, cpu_quantizer, dequantize_checkpoint,
+    plan_quantize, quant_config_json, quantize_checkpoint,
 };
 pub use report::LayerError;
 pub use select::{Decision, PRESERVED_PATTERNS, Selection, glob_match, module_of};

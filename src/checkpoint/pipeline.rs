@@ -70,16 +70,34 @@ fn quantizable(f: &TensorFile, e: &TensorEntry) -> Result<(usize, usize)> {
             &e.shape,
             "K (the last dimension) must be a multiple of 16 to quantize",
         )),
-        _ => Err(Error::shape(&qualified(f, &e.name), &e.shape, "only 2-D weights can be quantized")),
+        _ => Err(Error::shape(
+            &qualified(f, &e.name),
+            &e.shape,
+            "only 2-D weights can be quantized",
+        )),
     }
 }
 
 /// One unit of work in an output file: it knows its output specs before it runs.
 enum Job {
-    Copy { entry: String },
-    Quantize { entry: String, n: usize, k: usize },
-    Layer { prefix: String, from: Flavour },
-    Dequantize { prefix: String, from: Flavour, n: usize, k: usize },
+    Copy {
+        entry: String,
+    },
+    Quantize {
+        entry: String,
+        n: usize,
+        k: usize,
+    },
+    Layer {
+        prefix: String,
+        from: Flavour,
+    },
+    Dequantize {
+        prefix: String,
+        from: Flavour,
+        n: usize,
+        k: usize,
+    },
 }
 
 struct FilePlan {
@@ -93,7 +111,9 @@ fn spec(name: String, dtype: StDtype, shape: Vec<usize>) -> TensorSpec {
 
 fn copy_job(e: &TensorEntry) -> (Job, Vec<TensorSpec>) {
     (
-        Job::Copy { entry: e.name.clone() },
+        Job::Copy {
+            entry: e.name.clone(),
+        },
         vec![spec(e.name.clone(), e.dtype, e.shape.clone())],
     )
 }
@@ -118,7 +138,10 @@ impl Output {
         if let Some(d) = &ck.dir
             && same_file(d, target)
         {
-            return Err(Error::invalid(&target.display().to_string(), "the output is the input directory"));
+            return Err(Error::invalid(
+                &target.display().to_string(),
+                "the output is the input directory",
+            ));
         }
         let dir = ck.dir.is_some();
         Ok(Output {
@@ -129,7 +152,9 @@ impl Output {
 
     fn file_path(&self, input: &TensorFile) -> PathBuf {
         if self.dir {
-            self.staged.path().join(input.path().file_name().unwrap_or_default())
+            self.staged
+                .path()
+                .join(input.path().file_name().unwrap_or_default())
         } else {
             self.staged.path().to_path_buf()
         }
@@ -190,8 +215,11 @@ pub fn quantize_checkpoint(
     progress: &Progress<'_>,
 ) -> Result<Summary> {
     let decisions = plan_quantize(ck, &job.selection)?;
-    let quantize: std::collections::HashSet<&str> =
-        decisions.iter().filter(|d| d.quantize).map(|d| d.name.as_str()).collect();
+    let quantize: std::collections::HashSet<&str> = decisions
+        .iter()
+        .filter(|d| d.quantize)
+        .map(|d| d.name.as_str())
+        .collect();
     let mut summary = Summary {
         excluded_modules: excluded_modules(&decisions),
         ..Summary::default()
@@ -212,7 +240,14 @@ pub fn quantize_checkpoint(
                             .into_iter()
                             .map(|(a, b, c)| spec(a, b, c))
                             .collect();
-                        (Job::Quantize { entry: e.name.clone(), n, k }, specs)
+                        (
+                            Job::Quantize {
+                                entry: e.name.clone(),
+                                n,
+                                k,
+                            },
+                            specs,
+                        )
                     } else {
                         copy_job(e)
                     }
@@ -223,11 +258,20 @@ pub fn quantize_checkpoint(
     let output = Output::new(ck, out, job.force)?;
     let meta = quant_config_json(Flavour::ModelOpt, &summary.excluded_modules);
     for p in &plans {
-        write_file(ck, &output, p, &meta, Flavour::ModelOpt, &mut summary, &|name, data, n, k| {
-            let q = quantizer(name, data, n, k, &job.options)?;
-            let err = job.measure.then(|| LayerError::measure(name, data, &q));
-            Ok((q, err))
-        }, progress)?;
+        write_file(
+            ck,
+            &output,
+            p,
+            &meta,
+            Flavour::ModelOpt,
+            &mut summary,
+            &|name, data, n, k| {
+                let q = quantizer(name, data, n, k, &job.options)?;
+                let err = job.measure.then(|| LayerError::measure(name, data, &q));
+                Ok((q, err))
+            },
+            progress,
+        )?;
     }
     finish_dir(ck, &output, &plans, Flavour::ModelOpt, &summary.excluded_modules)?;
     output.staged.commit()?;
@@ -245,7 +289,10 @@ pub fn convert_checkpoint(
     progress: &Progress<'_>,
 ) -> Result<Summary> {
     if to == Flavour::Dense {
-        return Err(Error::invalid(&out.display().to_string(), "use dequantize to write a dense checkpoint"));
+        return Err(Error::invalid(
+            &out.display().to_string(),
+            "use dequantize to write a dense checkpoint",
+        ));
     }
     let layers = flavour::find_layers(ck);
     let plans = layer_plans(ck, &layers, |prefix, from, n, k, input| {
@@ -253,7 +300,13 @@ pub fn convert_checkpoint(
             .into_iter()
             .map(|(a, b, c)| spec(a, b, c))
             .collect();
-        (Job::Layer { prefix: prefix.to_string(), from }, specs)
+        (
+            Job::Layer {
+                prefix: prefix.to_string(),
+                from,
+            },
+            specs,
+        )
     })?;
     let mut summary = Summary {
         excluded_modules: kept_weight_modules(ck, &layers),
@@ -262,7 +315,16 @@ pub fn convert_checkpoint(
     let output = Output::new(ck, out, force)?;
     let meta = quant_config_json(to, &summary.excluded_modules);
     for p in &plans {
-        write_file(ck, &output, p, &meta, to, &mut summary, &|_, _, _, _| unreachable_quantize(), progress)?;
+        write_file(
+            ck,
+            &output,
+            p,
+            &meta,
+            to,
+            &mut summary,
+            &|_, _, _, _| unreachable_quantize(),
+            progress,
+        )?;
     }
     finish_dir(ck, &output, &plans, to, &summary.excluded_modules)?;
     output.staged.commit()?;
@@ -286,14 +348,28 @@ pub fn dequantize_checkpoint(
     };
     let plans = layer_plans(ck, &layers, |prefix, from, n, k, _| {
         (
-            Job::Dequantize { prefix: prefix.to_string(), from, n, k },
+            Job::Dequantize {
+                prefix: prefix.to_string(),
+                from,
+                n,
+                k,
+            },
             vec![spec(format!("{prefix}.weight"), st, vec![n, k])],
         )
     })?;
     let mut summary = Summary::default();
     let output = Output::new(ck, out, force)?;
     for p in &plans {
-        write_file(ck, &output, p, &serde_json::Value::Null, Flavour::Dense, &mut summary, &|_, _, _, _| unreachable_quantize(), progress)?;
+        write_file(
+            ck,
+            &output,
+            p,
+            &serde_json::Value::Null,
+            Flavour::Dense,
+            &mut summary,
+            &|_, _, _, _| unreachable_quantize(),
+            progress,
+        )?;
     }
     finish_dir(ck, &output, &plans, Flavour::Dense, &[])?;
     output.staged.commit()?;
@@ -301,14 +377,21 @@ pub fn dequantize_checkpoint(
 }
 
 fn unreachable_quantize() -> Result<(Nvfp4Tensor, Option<LayerError>)> {
-    Err(Error::invalid("convert", "no tensor is quantized by this operation"))
+    Err(Error::invalid(
+        "convert",
+        "no tensor is quantized by this operation",
+    ))
 }
 
 type LayerJob<'a> = dyn Fn(&str, Flavour, usize, usize, bool) -> (Job, Vec<TensorSpec>) + 'a;
 
 /// Plans for operations over NVFP4 layers: each layer is written where its packed weight lives;
 /// every other tensor that is not part of a layer is copied.
-fn layer_plans(ck: &Checkpoint, layers: &[(String, Flavour)], make: impl Fn(&str, Flavour, usize, usize, bool) -> (Job, Vec<TensorSpec>)) -> Result<Vec<FilePlan>> {
+fn layer_plans(
+    ck: &Checkpoint,
+    layers: &[(String, Flavour)],
+    make: impl Fn(&str, Flavour, usize, usize, bool) -> (Job, Vec<TensorSpec>),
+) -> Result<Vec<FilePlan>> {
     let make: &LayerJob<'_> = &make;
     let mut owned = std::collections::HashMap::new();
     let mut at = std::collections::HashMap::new();
@@ -316,7 +399,11 @@ fn layer_plans(ck: &Checkpoint, layers: &[(String, Flavour)], make: impl Fn(&str
         for s in from.tensor_suffixes() {
             owned.insert(format!("{prefix}.{s}"), ());
         }
-        let weight = if *from == Flavour::CompressedTensors { "weight_packed" } else { "weight" };
+        let weight = if *from == Flavour::CompressedTensors {
+            "weight_packed"
+        } else {
+            "weight"
+        };
         let wname = format!("{prefix}.{weight}");
         let (n, k, input) = flavour::layer_shape(ck, prefix, *from)?;
         at.insert(wname, (prefix.clone(), *from, n, k, input));
@@ -378,21 +465,28 @@ fn write_file(
                 exact.insert(prefix.clone(), format!("0x{:08X}", s2.to_bits()).into());
             }
         }
-        metadata.push((flavour::CT_DECODE_SCALES_KEY.into(), serde_json::Value::Object(exact).to_string()));
+        metadata.push((
+            flavour::CT_DECODE_SCALES_KEY.into(),
+            serde_json::Value::Object(exact).to_string(),
+        ));
     }
     let path = output.file_path(input);
     let mut w = FileWriter::create(&path, specs, &metadata)?;
     for (job, specs) in &plan.jobs {
         match job {
             Job::Copy { entry } => {
-                let (f, e) = ck.get(entry).ok_or_else(|| Error::invalid(entry, "vanished from the plan"))?;
+                let (f, e) = ck
+                    .get(entry)
+                    .ok_or_else(|| Error::invalid(entry, "vanished from the plan"))?;
                 w.write(&e.name, f.bytes(e))?;
                 summary.copied += 1;
                 summary.bytes_written += e.len() as u64;
                 progress(e.len() as u64);
             }
             Job::Quantize { entry, n, k } => {
-                let (f, e) = ck.get(entry).ok_or_else(|| Error::invalid(entry, "vanished from the plan"))?;
+                let (f, e) = ck
+                    .get(entry)
+                    .ok_or_else(|| Error::invalid(entry, "vanished from the plan"))?;
                 let data = f.dense(e)?;
                 let (q, err) = quantize(&qualified(f, &e.name), &data, *n, *k)?;
                 drop(data);
@@ -419,7 +513,9 @@ fn write_file(
                 let name = format!("{prefix}.weight");
                 let bytes = match specs[0].dtype {
                     StDtype::F32 => bytemuck::cast_slice(&quant::dequantize::<f32>(&layer.tensor)).to_vec(),
-                    StDtype::F16 => bytemuck::cast_slice(&quant::dequantize::<half::f16>(&layer.tensor)).to_vec(),
+                    StDtype::F16 => {
+                        bytemuck::cast_slice(&quant::dequantize::<half::f16>(&layer.tensor)).to_vec()
+                    }
                     _ => bytemuck::cast_slice(&quant::dequantize::<half::bf16>(&layer.tensor)).to_vec(),
                 };
                 debug_assert_eq!(bytes.len(), n * k * specs[0].dtype.bitsize() / 8);
@@ -433,10 +529,19 @@ fn write_file(
     w.finish()
 }
 
-fn write_layer(w: &mut FileWriter, layer: QuantizedLayer, to: Flavour, specs: &[TensorSpec], summary: &mut Summary) -> Result<()> {
+fn write_layer(
+    w: &mut FileWriter,
+    layer: QuantizedLayer,
+    to: Flavour,
+    specs: &[TensorSpec],
+    summary: &mut Summary,
+) -> Result<()> {
     let tensors = flavour::layer_tensors(layer, to)?;
     if tensors.len() != specs.len() {
-        return Err(Error::invalid(&specs[0].name, "the layer's tensors differ from its plan"));
+        return Err(Error::invalid(
+            &specs[0].name,
+            "the layer's tensors differ from its plan",
+        ));
     }
     for t in tensors {
         w.write(&t.name, &t.bytes)?;
@@ -518,17 +623,30 @@ fn modelopt_hf_config(excluded: &[String]) -> serde_json::Value {
 
 /// For directory outputs: the index, `config.json` with the flavour's `quantization_config`,
 /// `hf_quant_config.json` for ModelOpt, and every other regular file of the model copied.
-fn finish_dir(ck: &Checkpoint, output: &Output, plans: &[FilePlan], to: Flavour, excluded: &[String]) -> Result<()> {
+fn finish_dir(
+    ck: &Checkpoint,
+    output: &Output,
+    plans: &[FilePlan],
+    to: Flavour,
+    excluded: &[String],
+) -> Result<()> {
     if !output.dir {
         return Ok(());
     }
     let Some(dir) = &ck.dir else { return Ok(()) };
     let out = output.staged.path();
-    let inputs: std::collections::HashSet<PathBuf> = ck.files().iter().map(|f| f.path().to_path_buf()).collect();
+    let inputs: std::collections::HashSet<PathBuf> =
+        ck.files().iter().map(|f| f.path().to_path_buf()).collect();
     for e in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
         let p = e.map_err(|e| Error::io(dir, e))?.path();
         let name = p.file_name().unwrap_or_default().to_string_lossy().into_owned();
-        if !p.is_file() || inputs.contains(&p) || name == INDEX_NAME || name == "config.json" || name == "hf_quant_config.json" || name.starts_with('.') {
+        if !p.is_file()
+            || inputs.contains(&p)
+            || name == INDEX_NAME
+            || name == "config.json"
+            || name == "hf_quant_config.json"
+            || name.starts_with('.')
+        {
             continue;
         }
         std::fs::copy(&p, out.join(&name)).map_err(|e| Error::io(&p, e))?;
@@ -550,13 +668,21 @@ fn finish_dir(ck: &Checkpoint, output: &Output, plans: &[FilePlan], to: Flavour,
         write_json(&out.join("config.json"), &config)?;
     }
     if to == Flavour::ModelOpt {
-        write_json(&out.join("hf_quant_config.json"), &quant_config_json(to, excluded))?;
+        write_json(
+            &out.join("hf_quant_config.json"),
+            &quant_config_json(to, excluded),
+        )?;
     }
     if ck.is_sharded() {
         let mut map = serde_json::Map::new();
         let mut total = 0u64;
         for p in plans {
-            let shard = ck.files()[p.input].path().file_name().unwrap_or_default().to_string_lossy().into_owned();
+            let shard = ck.files()[p.input]
+                .path()
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
             for (_, specs) in &p.jobs {
                 for s in specs {
                     total += s.byte_len() as u64;
@@ -573,6 +699,7 @@ fn finish_dir(ck: &Checkpoint, output: &Output, plans: &[FilePlan], to: Flavour,
 }
 
 fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
-    let text = serde_json::to_string_pretty(v).map_err(|e| Error::invalid(&path.display().to_string(), e.to_string()))?;
+    let text = serde_json::to_string_pretty(v)
+        .map_err(|e| Error::invalid(&path.display().to_string(), e.to_string()))?;
     std::fs::write(path, text + "\n").map_err(|e| Error::io(path, e))
 }

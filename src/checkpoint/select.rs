@@ -106,7 +106,11 @@ impl Selection {
             return d(false, false, format!("kept: {}-D", e.shape.len()));
         }
         if e.shape[1] % BLOCK != 0 {
-            return d(false, false, format!("kept: K = {} is not a multiple of 16", e.shape[1]));
+            return d(
+                false,
+                false,
+                format!("kept: K = {} is not a multiple of 16", e.shape[1]),
+            );
         }
         let lower = name.to_lowercase();
         if let Some(p) = PRESERVED_PATTERNS.iter().find(|p| lower.contains(*p)) {

@@ -64,7 +64,10 @@ impl Checkpoint {
             ck.dir = Some(path.to_path_buf());
             return Ok(ck);
         }
-        if path.file_name().is_some_and(|n| n.to_string_lossy().ends_with(".index.json")) {
+        if path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().ends_with(".index.json"))
+        {
             return Self::open_index(path);
         }
         Self::from_files(vec![TensorFile::open(path)?])
@@ -116,8 +119,12 @@ impl Checkpoint {
                     tensor: tensor.clone(),
                 });
             };
-            if ck.files[f].path().file_name() != Some(std::ffi::OsStr::new(shard.as_str().unwrap_or_default())) {
-                return Err(corrupt(&format!("`{tensor}` is indexed in {shard} but stored elsewhere")));
+            if ck.files[f].path().file_name()
+                != Some(std::ffi::OsStr::new(shard.as_str().unwrap_or_default()))
+            {
+                return Err(corrupt(&format!(
+                    "`{tensor}` is indexed in {shard} but stored elsewhere"
+                )));
             }
         }
         ck.dir = Some(dir);
@@ -198,9 +205,11 @@ impl Checkpoint {
             return Ok(None);
         }
         let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
-        serde_json::from_str(&text).map(Some).map_err(|e| Error::CorruptHeader {
-            file: p.display().to_string(),
-            what: format!("not JSON: {e}"),
-        })
+        serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| Error::CorruptHeader {
+                file: p.display().to_string(),
+                what: format!("not JSON: {e}"),
+            })
     }
 }

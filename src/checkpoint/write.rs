@@ -84,10 +84,16 @@ impl FileWriter {
     /// Writes the next tensor's bytes; `name` and the length must match the next spec.
     pub fn write(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
         let Some(spec) = self.specs.get(self.next) else {
-            return Err(Error::invalid(name, "written after the last tensor of the header"));
+            return Err(Error::invalid(
+                name,
+                "written after the last tensor of the header",
+            ));
         };
         if spec.name != name {
-            return Err(Error::invalid(name, format!("written where the header expects `{}`", spec.name)));
+            return Err(Error::invalid(
+                name,
+                format!("written where the header expects `{}`", spec.name),
+            ));
         }
         if bytes.len() != spec.byte_len() {
             return Err(Error::length(name, &spec.shape, spec.byte_len(), bytes.len()));
@@ -105,7 +111,10 @@ impl FileWriter {
                 "never written (the file would be incomplete)",
             ));
         }
-        let file = self.out.into_inner().map_err(|e| Error::io(&self.path, e.into_error()))?;
+        let file = self
+            .out
+            .into_inner()
+            .map_err(|e| Error::io(&self.path, e.into_error()))?;
         file.sync_all().map_err(|e| Error::io(&self.path, e))
     }
 }
@@ -204,9 +213,14 @@ fn remove_stale(parent: &Path, name: &str) {
     let Ok(rd) = std::fs::read_dir(parent) else { return };
     for e in rd.flatten() {
         let f = e.file_name().to_string_lossy().into_owned();
-        let Some(pid) = f.strip_prefix(&prefix) else { continue };
+        let Some(pid) = f.strip_prefix(&prefix) else {
+            continue;
+        };
         let pid = pid.trim_end_matches(".old");
-        if pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists() && Path::new("/proc/self").exists() {
+        if pid.parse::<u32>().is_ok()
+            && !Path::new("/proc").join(pid).exists()
+            && Path::new("/proc/self").exists()
+        {
             let _ = remove_any(&e.path());
         }
     }

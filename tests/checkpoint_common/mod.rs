@@ -20,7 +20,11 @@ pub struct Gen {
 /// The model the tests quantize: quantizable weights in all three dtypes with N not a multiple of
 /// 16 (ComfyUI row padding) and of 128 (swizzle padding), and tensors the default keeps.
 pub fn model_tensors() -> Vec<Gen> {
-    let g = |name, dtype, shape: &[usize]| Gen { name, dtype, shape: shape.to_vec() };
+    let g = |name, dtype, shape: &[usize]| Gen {
+        name,
+        dtype,
+        shape: shape.to_vec(),
+    };
     vec![
         g("model.layers.0.mlp.up_proj.weight", Dtype::BF16, &[48, 64]),
         g("model.layers.0.mlp.down_proj.weight", Dtype::F16, &[40, 32]),
@@ -38,8 +42,14 @@ pub fn model_tensors() -> Vec<Gen> {
 pub fn encode(dtype: Dtype, values: &[f32]) -> Vec<u8> {
     match dtype {
         Dtype::F32 => bytemuck::cast_slice(values).to_vec(),
-        Dtype::F16 => values.iter().flat_map(|&v| f16::from_f32(v).to_le_bytes()).collect(),
-        Dtype::BF16 => values.iter().flat_map(|&v| bf16::from_f32(v).to_le_bytes()).collect(),
+        Dtype::F16 => values
+            .iter()
+            .flat_map(|&v| f16::from_f32(v).to_le_bytes())
+            .collect(),
+        Dtype::BF16 => values
+            .iter()
+            .flat_map(|&v| bf16::from_f32(v).to_le_bytes())
+            .collect(),
         Dtype::I64 => values.iter().flat_map(|&v| (v as i64).to_le_bytes()).collect(),
         Dtype::I32 => values.iter().flat_map(|&v| (v as i32).to_le_bytes()).collect(),
         _ => values.iter().map(|&v| v as u8).collect(),
@@ -58,7 +68,10 @@ pub fn generate(rng: &mut Rng, gens: &[Gen]) -> BTreeMap<String, (Dtype, Vec<usi
                     _ => rng.normal() * 0.02,
                 })
                 .collect();
-            (g.name.to_string(), (g.dtype, g.shape.clone(), encode(g.dtype, &v)))
+            (
+                g.name.to_string(),
+                (g.dtype, g.shape.clone(), encode(g.dtype, &v)),
+            )
         })
         .collect()
 }
@@ -75,9 +88,14 @@ pub fn write(path: &Path, tensors: &BTreeMap<String, (Dtype, Vec<usize>, Vec<u8>
 /// Writes `tensors` as a sharded model in `dir`: two shards split by name, the index and a config.
 pub fn write_sharded(dir: &Path, tensors: &BTreeMap<String, (Dtype, Vec<usize>, Vec<u8>)>) {
     std::fs::create_dir_all(dir).unwrap();
-    let (a, b): (BTreeMap<_, _>, BTreeMap<_, _>) =
-        tensors.iter().map(|(k, v)| (k.clone(), v.clone())).partition(|(k, _)| k.contains("layers"));
-    let names = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"];
+    let (a, b): (BTreeMap<_, _>, BTreeMap<_, _>) = tensors
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .partition(|(k, _)| k.contains("layers"));
+    let names = [
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+    ];
     write(&dir.join(names[0]), &a);
     write(&dir.join(names[1]), &b);
     let mut map = serde_json::Map::new();
@@ -89,7 +107,11 @@ pub fn write_sharded(dir: &Path, tensors: &BTreeMap<String, (Dtype, Vec<usize>, 
     }
     let index = serde_json::json!({ "metadata": { "total_size": 0 }, "weight_map": map });
     std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
-    std::fs::write(dir.join("config.json"), r#"{"architectures": ["Test"], "hidden_size": 64}"#).unwrap();
+    std::fs::write(
+        dir.join("config.json"),
+        r#"{"architectures": ["Test"], "hidden_size": 64}"#,
+    )
+    .unwrap();
     std::fs::write(dir.join("tokenizer.json"), "{}").unwrap();
 }
 
@@ -99,14 +121,20 @@ pub fn read_all(path: &Path) -> BTreeMap<String, (String, Vec<usize>, Vec<u8>)> 
     ck.names()
         .map(|n| {
             let (f, e) = ck.get(n).unwrap();
-            (n.to_string(), (e.dtype.to_string(), e.shape.clone(), f.bytes(e).to_vec()))
+            (
+                n.to_string(),
+                (e.dtype.to_string(), e.shape.clone(), f.bytes(e).to_vec()),
+            )
         })
         .collect()
 }
 
 /// A fresh seed, printed so a failure can be replayed with `NVFP4_SEED`.
 pub fn seed() -> u64 {
-    let s = std::env::var("NVFP4_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(Rng::fresh_seed);
+    let s = std::env::var("NVFP4_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(Rng::fresh_seed);
     eprintln!("seed {s} (replay with NVFP4_SEED={s})");
     s
 }

@@ -124,7 +124,8 @@ fn progress_bar(total: u64, what: &str) -> ProgressBar {
     pb
 }
 
-type GpuQuantizer = Box<dyn Fn(&str, &Dense<'_>, usize, usize, &QuantizeOptions) -> nvfp4::Result<Nvfp4Tensor> + Sync>;
+type GpuQuantizer =
+    Box<dyn Fn(&str, &Dense<'_>, usize, usize, &QuantizeOptions) -> nvfp4::Result<Nvfp4Tensor> + Sync>;
 
 fn gpu_quantizer() -> anyhow::Result<GpuQuantizer> {
     let dev = nvfp4::cuda::Device::new(0)
@@ -134,12 +135,20 @@ fn gpu_quantizer() -> anyhow::Result<GpuQuantizer> {
     }
     let dev = std::sync::Mutex::new(dev);
     Ok(Box::new(move |name, data, n, k, opts| {
-        let dev = dev.lock().map_err(|_| nvfp4::Error::NoDevice("device lock poisoned".into()))?;
+        let dev = dev
+            .lock()
+            .map_err(|_| nvfp4::Error::NoDevice("device lock poisoned".into()))?;
         let s = dev.stream();
         let q = match data {
-            Dense::F32(v) => nvfp4::ops::quantize(&dev, s, name, &nvfp4::cuda::upload(s, name, v)?, n, k, opts)?,
-            Dense::F16(v) => nvfp4::ops::quantize(&dev, s, name, &nvfp4::cuda::upload(s, name, v)?, n, k, opts)?,
-            Dense::Bf16(v) => nvfp4::ops::quantize(&dev, s, name, &nvfp4::cuda::upload(s, name, v)?, n, k, opts)?,
+            Dense::F32(v) => {
+                nvfp4::ops::quantize(&dev, s, name, &nvfp4::cuda::upload(s, name, v)?, n, k, opts)?
+            }
+            Dense::F16(v) => {
+                nvfp4::ops::quantize(&dev, s, name, &nvfp4::cuda::upload(s, name, v)?, n, k, opts)?
+            }
+            Dense::Bf16(v) => {
+                nvfp4::ops::quantize(&dev, s, name, &nvfp4::cuda::upload(s, name, v)?, n, k, opts)?
+            }
         };
         q.download(s)
     }))
@@ -155,7 +164,12 @@ pub fn quantize(a: &QuantizeArgs) -> anyhow::Result<()> {
     if a.dry_run {
         let plan = checkpoint::plan_quantize(&ck, &selection)?;
         for d in &plan {
-            println!("{:<9} {:<60} {}", if d.quantize { "quantize" } else { "keep" }, d.name, d.reason);
+            println!(
+                "{:<9} {:<60} {}",
+                if d.quantize { "quantize" } else { "keep" },
+                d.name,
+                d.reason
+            );
         }
         let q = plan.iter().filter(|d| d.quantize).count();
         println!("{q} tensors to quantize, {} to keep", plan.len() - q);
@@ -173,12 +187,17 @@ pub fn quantize(a: &QuantizeArgs) -> anyhow::Result<()> {
     let t0 = Instant::now();
     let summary = match &gpu {
         Some(g) => checkpoint::quantize_checkpoint(&ck, &a.output, &job, g.as_ref(), &|b| pb.inc(b)),
-        None => checkpoint::quantize_checkpoint(&ck, &a.output, &job, &checkpoint::cpu_quantizer, &|b| pb.inc(b)),
+        None => {
+            checkpoint::quantize_checkpoint(&ck, &a.output, &job, &checkpoint::cpu_quantizer, &|b| pb.inc(b))
+        }
     }
     .with_context(|| format!("quantizing {} to {}", a.input.display(), a.output.display()))?;
     pb.finish_and_clear();
     let secs = t0.elapsed().as_secs_f64();
-    println!("{:<60} {:>16} {:>10} {:>9} {:>11}", "layer", "shape", "rel RMSE", "SNR dB", "max |err|");
+    println!(
+        "{:<60} {:>16} {:>10} {:>9} {:>11}",
+        "layer", "shape", "rel RMSE", "SNR dB", "max |err|"
+    );
     for l in &summary.layers {
         println!(
             "{:<60} {:>16} {:>10.5} {:>9.2} {:>11.4e}",
@@ -222,14 +241,23 @@ pub fn inspect(a: &InspectArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&i.to_json())?);
         return Ok(());
     }
-    println!("flavour: {}   files: {}   tensors: {}   bytes: {}", i.flavour.name(), i.files.len(), i.tensors.len(), i.total_bytes());
+    println!(
+        "flavour: {}   files: {}   tensors: {}   bytes: {}",
+        i.flavour.name(),
+        i.files.len(),
+        i.tensors.len(),
+        i.total_bytes()
+    );
     println!("{:<64} {:<8} {:>18} {:>12}", "tensor", "dtype", "shape", "bytes");
     for (n, d, s, b) in &i.tensors {
         println!("{n:<64} {d:<8} {:>18} {b:>12}", format!("{s:?}"));
     }
     if !i.layers.is_empty() {
         println!();
-        println!("{:<56} {:>14} {:>12} {:>22} {:>6}", "NVFP4 layer", "shape", "global", "block scales", "zero");
+        println!(
+            "{:<56} {:>14} {:>12} {:>22} {:>6}",
+            "NVFP4 layer", "shape", "global", "block scales", "zero"
+        );
         for l in &i.layers {
             println!(
                 "{:<56} {:>14} {:>12.5e} {:>22} {:>6}",
@@ -256,7 +284,10 @@ pub fn dequantize(a: &DequantizeArgs) -> anyhow::Result<()> {
     let s = checkpoint::dequantize_checkpoint(&ck, &a.output, dtype, a.force, &|b| pb.inc(b))
         .with_context(|| format!("dequantizing {} to {}", a.input.display(), a.output.display()))?;
     pb.finish_and_clear();
-    println!("{} layers dequantized, {} tensors copied, {} bytes written", s.quantized, s.copied, s.bytes_written);
+    println!(
+        "{} layers dequantized, {} tensors copied, {} bytes written",
+        s.quantized, s.copied, s.bytes_written
+    );
     Ok(())
 }
 
