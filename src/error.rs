@@ -104,6 +104,69 @@ pub enum Error {
         context: String,
         /// cuBLAS's status.
         message: String,
+    /// A safetensors header that cannot be used: truncated, not JSON, or inconsistent with itself.
+    #[error("{file}: corrupt safetensors header: {what}")]
+    CorruptHeader {
+        /// The file.
+        file: String,
+        /// What is wrong.
+        what: String,
+    },
+    /// A tensor whose data offsets fall outside the file's data section.
+    #[error(
+        "{file}: tensor `{tensor}` has data offsets {start}..{end} but the data section holds {data_len} bytes"
+    )]
+    TensorOutOfBounds {
+        /// The file.
+        file: String,
+        /// The tensor.
+        tensor: String,
+        /// Start offset, relative to the data section.
+        start: usize,
+        /// End offset, relative to the data section.
+        end: usize,
+        /// Bytes in the data section.
+        data_len: usize,
+    },
+    /// A tensor whose dtype this operation cannot use.
+    #[error("{file}: tensor `{tensor}` has dtype {dtype}; expected {expected}")]
+    UnsupportedDtype {
+        /// The file.
+        file: String,
+        /// The tensor.
+        tensor: String,
+        /// Its dtype, as safetensors spells it.
+        dtype: String,
+        /// What would do.
+        expected: String,
+    },
+    /// A shard named by a sharded checkpoint's index that is not there.
+    #[error("{index}: shard `{shard}` (holding `{tensor}`) does not exist")]
+    MissingShard {
+        /// The index file.
+        index: String,
+        /// The shard's file name.
+        shard: String,
+        /// A tensor the index places in it.
+        tensor: String,
+    },
+    /// A block-scale (or global-scale) tensor whose shape does not fit its weight.
+    #[error("{file}: scale tensor `{tensor}` has shape {shape:?}; expected {expected}")]
+    ScaleShape {
+        /// The file.
+        file: String,
+        /// The scale tensor.
+        tensor: String,
+        /// Its shape.
+        shape: Vec<usize>,
+        /// The shape its weight implies.
+        expected: String,
+    },
+    /// An output that exists already (pass `force` to replace it).
+    #[error("{path} exists; refusing to overwrite it (use --force)")]
+    OutputExists {
+        /// The output path.
+        path: String,
     },
     /// An I/O error with the path involved.
     #[error("{path}: {source}")]
@@ -137,6 +200,15 @@ impl Error {
         Error::InvalidValue {
             name: name.to_string(),
             what: what.into(),
+        }
+    }
+}
+
+impl Error {
+    pub(crate) fn io(path: &std::path::Path, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.display().to_string(),
+            source,
         }
     }
 }

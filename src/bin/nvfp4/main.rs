@@ -1,8 +1,10 @@
-//! The `nvfp4` command-line tool: the demo, benchmarks and diagnostics of the nvfp4 crate.
+//! The `nvfp4` command-line tool: checkpoints (quantize, inspect, dequantize, convert), the demo,
+//! benchmarks and diagnostics of the nvfp4 crate.
 
 mod bench;
 mod bench_gemm;
 mod bench_gpu;
+mod checkpoint_cmds;
 mod demo;
 mod stats;
 
@@ -23,6 +25,14 @@ enum Command {
     /// Measure throughput against a baseline measured in the same run.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Quantize a bf16/f16/f32 safetensors checkpoint to NVFP4 (ModelOpt/HF layout).
+    Quantize(checkpoint_cmds::QuantizeArgs),
+    /// Show a checkpoint's tensors, flavour and per-layer scale ranges.
+    Inspect(checkpoint_cmds::InspectArgs),
+    /// Dequantize an NVFP4 checkpoint (any flavour) back to bf16/f16/f32.
+    Dequantize(checkpoint_cmds::DequantizeArgs),
+    /// Convert an NVFP4 checkpoint between ModelOpt, compressed-tensors and ComfyUI.
+    Convert(checkpoint_cmds::ConvertArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -30,5 +40,9 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Demo(args) => demo::run(&args),
         Command::Bench(cmd) => bench::run(&cmd),
+        Command::Quantize(a) => checkpoint_cmds::quantize(&a),
+        Command::Inspect(a) => checkpoint_cmds::inspect(&a),
+        Command::Dequantize(a) => checkpoint_cmds::dequantize(&a),
+        Command::Convert(a) => checkpoint_cmds::convert(&a),
     }
 }
