@@ -21,16 +21,19 @@ pub enum KernelId {
     Dequantize,
     /// Block-scale layout conversion.
     ScaleLayout,
+    /// Position-weighted byte checksum (offload tests and benchmarks).
+    Checksum,
 }
 
 impl KernelId {
     /// Every kernel.
-    pub const ALL: [KernelId; 5] = [
+    pub const ALL: [KernelId; 6] = [
         KernelId::Amax,
         KernelId::GlobalScale,
         KernelId::Quantize,
         KernelId::Dequantize,
         KernelId::ScaleLayout,
+        KernelId::Checksum,
     ];
 
     /// The `extern "C"` symbol.
@@ -41,6 +44,7 @@ impl KernelId {
             KernelId::Quantize => "nvfp4_quantize",
             KernelId::Dequantize => "nvfp4_dequantize",
             KernelId::ScaleLayout => "nvfp4_scale_layout",
+            KernelId::Checksum => "nvfp4_checksum",
         }
     }
 
@@ -52,6 +56,7 @@ impl KernelId {
             | KernelId::Quantize
             | KernelId::Dequantize
             | KernelId::ScaleLayout => "quantize",
+            KernelId::Checksum => "offload",
         }
     }
 }

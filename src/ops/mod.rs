@@ -6,4 +6,6 @@
 
 mod quantize;
 
-pub use quantize::{DeviceNvfp4, GpuElement, dequantize, quantize, quantize_into};
+pub use quantize::{
+    DeviceNvfp4, GpuElement, Nvfp4View, dequantize, dequantize_view, quantize, quantize_into,
+};
