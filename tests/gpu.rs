@@ -7,5 +7,7 @@
 
 #[path = "gpu/common.rs"]
 mod common;
+#[path = "gpu/offload.rs"]
+mod offload;
 #[path = "gpu/quantize.rs"]
 mod quantize;
