@@ -3,7 +3,9 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{
+    CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg,
+};
 
 use super::abi;
 use super::device::Device;
@@ -37,7 +39,12 @@ pub fn checksum<D: DevicePtr<u8>>(
     index: usize,
 ) -> Result<()> {
     if index >= sums.len() {
-        return Err(Error::length("checksum sums", &[sums.len()], index + 1, sums.len()));
+        return Err(Error::length(
+            "checksum sums",
+            &[sums.len()],
+            index + 1,
+            sums.len(),
+        ));
     }
     dev.check_stream(stream)?;
     let f = dev.function(KernelId::Checksum)?;

@@ -94,9 +94,15 @@ pub fn download<T: DeviceRepr + Clone + Default>(
 pub fn cast_view<'a, T: DeviceRepr + bytemuck::Pod>(bytes: &CudaView<'a, u8>) -> Result<CudaView<'a, T>> {
     let size = std::mem::size_of::<T>().max(1);
     if bytes.len() % size != 0 {
-        return Err(Error::length("byte view", &[bytes.len()], bytes.len().next_multiple_of(size), bytes.len()));
+        return Err(Error::length(
+            "byte view",
+            &[bytes.len()],
+            bytes.len().next_multiple_of(size),
+            bytes.len(),
+        ));
     }
     // SAFETY: `T: Pod`, so every bit pattern is a valid `T`; and `len * size_of::<T>()` equals the view's bytes, which
     // cudarc checks again; alignment is the caller's layout's (offsets are multiples of 256).
-    unsafe { bytes.transmute::<T>(bytes.len() / size) }.ok_or_else(|| Error::invalid("byte view", "too short"))
+    unsafe { bytes.transmute::<T>(bytes.len() / size) }
+        .ok_or_else(|| Error::invalid("byte view", "too short"))
 }

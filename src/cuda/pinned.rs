@@ -201,9 +201,15 @@ pub fn copy_h2d_async<D: DevicePtrMut<u8>>(
         return Ok(());
     }
     if !Arc::ptr_eq(&src.ctx, stream.context()) {
-        return Err(Error::invalid("pinned source", "pinned in another CUDA context than the stream's"));
+        return Err(Error::invalid(
+            "pinned source",
+            "pinned in another CUDA context than the stream's",
+        ));
     }
-    stream.context().bind_to_thread().map_err(cuda("binding the context"))?;
+    stream
+        .context()
+        .bind_to_thread()
+        .map_err(cuda("binding the context"))?;
     let mut dma = src.lock_dma();
     // A device-to-host copy still writing these bytes must land first.
     for w in &dma.writes {
@@ -247,18 +253,33 @@ pub fn copy_d2h_async<S: DevicePtr<u8>>(
     let end = dst_offset
         .checked_add(n)
         .filter(|&e| e <= dst.len)
-        .ok_or_else(|| Error::length("pinned destination", &[dst.len], dst_offset.saturating_add(n), dst.len))?;
+        .ok_or_else(|| {
+            Error::length(
+                "pinned destination",
+                &[dst.len],
+                dst_offset.saturating_add(n),
+                dst.len,
+            )
+        })?;
     if n == 0 {
         return Ok(());
     }
     if !Arc::ptr_eq(&dst.ctx, stream.context()) {
-        return Err(Error::invalid("pinned destination", "pinned in another CUDA context than the stream's"));
+        return Err(Error::invalid(
+            "pinned destination",
+            "pinned in another CUDA context than the stream's",
+        ));
     }
-    stream.context().bind_to_thread().map_err(cuda("binding the context"))?;
+    stream
+        .context()
+        .bind_to_thread()
+        .map_err(cuda("binding the context"))?;
     let dma = dst.dma.get_mut().unwrap_or_else(|p| p.into_inner());
     // Earlier copies still reading or writing these bytes must finish first (stream order, no host wait).
     for e in dma.reads.iter().chain(&dma.writes) {
-        stream.wait(e).map_err(cuda("ordering a download after earlier copies"))?;
+        stream
+            .wait(e)
+            .map_err(cuda("ordering a download after earlier copies"))?;
     }
     {
         let (sptr, _record) = src.device_ptr(stream);

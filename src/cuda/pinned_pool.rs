@@ -120,7 +120,11 @@ impl PoolStats {
     /// hits / (hits + misses + fallbacks), 0 before the first call.
     pub fn hit_rate(&self) -> f64 {
         let all = self.hits + self.misses + self.fallbacks;
-        if all == 0 { 0.0 } else { self.hits as f64 / all as f64 }
+        if all == 0 {
+            0.0
+        } else {
+            self.hits as f64 / all as f64
+        }
     }
 }
 

@@ -57,9 +57,10 @@ impl HostTensor {
     pub fn new(id: TensorId, name: impl Into<String>, weight: Weight) -> Result<Self> {
         let name = name.into();
         if let Weight::Bf16 { rows, cols, data } = &weight {
-            let n = rows
-                .checked_mul(*cols)
-                .ok_or_else(|| Error::ShapeOverflow { name: name.clone(), shape: vec![*rows, *cols] })?;
+            let n = rows.checked_mul(*cols).ok_or_else(|| Error::ShapeOverflow {
+                name: name.clone(),
+                shape: vec![*rows, *cols],
+            })?;
             if n != data.len() {
                 return Err(Error::length(&name, &[*rows, *cols], n, data.len()));
             }
@@ -118,20 +119,31 @@ pub(crate) struct TensorLayout {
 pub(crate) fn layout_block(block: &HostBlock) -> Result<(Vec<TensorLayout>, usize)> {
     let mut at = 0usize;
     let mut out = Vec::with_capacity(block.tensors.len());
-    let overflow = |name: &str| Error::ShapeOverflow { name: name.to_string(), shape: vec![] };
+    let overflow = |name: &str| Error::ShapeOverflow {
+        name: name.to_string(),
+        shape: vec![],
+    };
     for t in &block.tensors {
         let start = at;
         let mut parts = Vec::new();
         let mut end = at;
         for p in t.weight.parts() {
-            let off = end.checked_next_multiple_of(PART_ALIGN).ok_or_else(|| overflow(&t.name))?;
+            let off = end
+                .checked_next_multiple_of(PART_ALIGN)
+                .ok_or_else(|| overflow(&t.name))?;
             parts.push((off - start, p.len()));
             end = off.checked_add(p.len()).ok_or_else(|| overflow(&t.name))?;
         }
         // The copy covers the padding to the next tensor too, so every byte of a block's range in a
         // slot is written by its own upload (no stale bytes of the slot's previous block remain).
-        at = end.checked_next_multiple_of(PART_ALIGN).ok_or_else(|| overflow(&t.name))?;
-        out.push(TensorLayout { offset: start, len: at - start, parts });
+        at = end
+            .checked_next_multiple_of(PART_ALIGN)
+            .ok_or_else(|| overflow(&t.name))?;
+        out.push(TensorLayout {
+            offset: start,
+            len: at - start,
+            parts,
+        });
     }
     Ok((out, at))
 }

@@ -7,8 +7,8 @@ use cudarc::driver::{CudaEvent, CudaSlice};
 use super::model::{HostBlock, HostTensor, TensorLayout, Weight, layout_block, write_staged};
 use super::prefetcher::DeviceBlock;
 use crate::cuda::{
-    Device, PinnedAllocator, PinnedBuffer, PinnedFlags, Pool, Staged, StagingAllocator, StreamSet, alloc_zeros,
-    copy_d2h_async, copy_h2d_async, cuda_err,
+    Device, PinnedAllocator, PinnedBuffer, PinnedFlags, Pool, Staged, StagingAllocator, StreamSet,
+    alloc_zeros, copy_d2h_async, copy_h2d_async, cuda_err,
 };
 use crate::error::{Error, Result};
 
@@ -43,13 +43,26 @@ pub struct ModelOffloader<A: StagingAllocator<Buffer = PinnedBuffer> = PinnedAll
 
 impl<A: StagingAllocator<Buffer = PinnedBuffer>> ModelOffloader<A> {
     /// Lays the tensors out (one device allocation when loaded); nothing is copied yet.
-    pub fn new(dev: &Device, streams: StreamSet, pool: Arc<Pool<A>>, tensors: Vec<HostTensor>) -> Result<Self> {
+    pub fn new(
+        dev: &Device,
+        streams: StreamSet,
+        pool: Arc<Pool<A>>,
+        tensors: Vec<HostTensor>,
+    ) -> Result<Self> {
         for s in [&streams.upload, &streams.download, &streams.compute] {
             dev.check_stream(s)?;
         }
         let block = HostBlock { tensors };
         let (layouts, total) = layout_block(&block)?;
-        Ok(ModelOffloader { streams, pool, block, layouts, total, device: None, downloads: Vec::new() })
+        Ok(ModelOffloader {
+            streams,
+            pool,
+            block,
+            layouts,
+            total,
+            device: None,
+            downloads: Vec::new(),
+        })
     }
 
     /// Device bytes when loaded.
@@ -91,7 +104,12 @@ impl<A: StagingAllocator<Buffer = PinnedBuffer>> ModelOffloader<A> {
             .device
             .as_ref()
             .ok_or_else(|| Error::invalid("offloaded tensors", "not on the device (call to_device)"))?;
-        Ok(DeviceBlock::new(usize::MAX, d.slice(0..self.total), &self.layouts, &self.block))
+        Ok(DeviceBlock::new(
+            usize::MAX,
+            d.slice(0..self.total),
+            &self.layouts,
+            &self.block,
+        ))
     }
 
     /// Frees the device copy once the work enqueued on the compute stream so far is done (ordered on
@@ -114,7 +132,10 @@ impl<A: StagingAllocator<Buffer = PinnedBuffer>> ModelOffloader<A> {
             .as_ref()
             .ok_or_else(|| Error::invalid("offloaded tensors", "not on the device (call to_device)"))?;
         let l = self.layouts.get(j).ok_or_else(|| {
-            Error::invalid("offloaded tensors", format!("tensor {j} asked, there are {}", self.layouts.len()))
+            Error::invalid(
+                "offloaded tensors",
+                format!("tensor {j} asked, there are {}", self.layouts.len()),
+            )
         })?;
         let dl = &self.streams.download;
         let done = self.streams.record(&self.streams.compute)?;

@@ -18,8 +18,8 @@ use half::bf16;
 
 use super::model::{HostBlock, HostTensor, TensorLayout, Weight, layout_block, nvfp4_meta, write_staged};
 use crate::cuda::{
-    Device, PinnedAllocator, PinnedBuffer, Pool, Staged, StagingAllocator, StreamSet, alloc_zeros,
-    cast_view, copy_h2d_async, cuda_err, new_event,
+    Device, PinnedAllocator, PinnedBuffer, Pool, Staged, StagingAllocator, StreamSet, alloc_zeros, cast_view,
+    copy_h2d_async, cuda_err, new_event,
 };
 use crate::error::{Error, Result};
 use crate::ops::Nvfp4View;
@@ -175,7 +175,10 @@ impl<A: StagingAllocator<Buffer = PinnedBuffer>> LayerPrefetcher<A> {
         let mut ids = std::collections::HashSet::new();
         for t in blocks.iter().flat_map(|b| &b.tensors) {
             if !ids.insert(t.id) {
-                return Err(Error::invalid(&t.name, format!("tensor id {} is used twice", t.id)));
+                return Err(Error::invalid(
+                    &t.name,
+                    format!("tensor id {} is used twice", t.id),
+                ));
             }
         }
         let layouts = blocks.iter().map(layout_block).collect::<Result<Vec<_>>>()?;
@@ -207,14 +210,16 @@ impl<A: StagingAllocator<Buffer = PinnedBuffer>> LayerPrefetcher<A> {
             let image = b.device_image()?;
             let mut d = alloc_zeros::<u8>(up, &format!("resident block {i}"), image.len())?;
             if !image.is_empty() {
-                up.memcpy_htod(&image, &mut d).map_err(cuda_err(format!("uploading resident block {i}")))?;
+                up.memcpy_htod(&image, &mut d)
+                    .map_err(cuda_err(format!("uploading resident block {i}")))?;
             }
             resident.push(Some(d));
         }
         let slots = (0..slots_n)
             .map(|k| alloc_zeros::<u8>(&streams.compute, &format!("weight slot {k}"), slot_bytes.max(1)))
             .collect::<Result<Vec<_>>>()?;
-        up.synchronize().map_err(cuda_err("uploading the resident blocks"))?;
+        up.synchronize()
+            .map_err(cuda_err("uploading the resident blocks"))?;
         let c = &streams.compute;
         let upload_set = || -> Result<UploadSet> {
             Ok(UploadSet {
@@ -289,7 +294,10 @@ impl<A: StagingAllocator<Buffer = PinnedBuffer>> LayerPrefetcher<A> {
     /// Starts a pass: enqueues the uploads of the first `depth` swapped blocks not already in place.
     pub fn begin_pass(&mut self) -> Result<()> {
         if self.active {
-            return Err(Error::invalid("prefetcher", "begin_pass during a pass (call end_pass or abort_pass)"));
+            return Err(Error::invalid(
+                "prefetcher",
+                "begin_pass during a pass (call end_pass or abort_pass)",
+            ));
         }
         self.pass_start
             .record(&self.streams.compute)
@@ -322,9 +330,12 @@ impl<A: StagingAllocator<Buffer = PinnedBuffer>> LayerPrefetcher<A> {
     fn upload(&mut self, s: usize, slot: usize, p: usize) -> Result<()> {
         let up = self.streams.upload.clone();
         // The slot's previous block must be done on the compute stream first.
-        up.wait(&self.slot_free[slot]).map_err(cuda_err("ordering an upload after compute"))?;
+        up.wait(&self.slot_free[slot])
+            .map_err(cuda_err("ordering an upload after compute"))?;
         self.slot_block[slot] = None;
-        self.uploads[p].begin[s].record(&up).map_err(cuda_err("recording an upload event"))?;
+        self.uploads[p].begin[s]
+            .record(&up)
+            .map_err(cuda_err("recording an upload event"))?;
         let (layouts, total) = &self.layouts[s];
         let mut pageable = 0;
         for (t, l) in self.blocks[s].tensors.iter().zip(layouts) {
@@ -341,7 +352,9 @@ impl<A: StagingAllocator<Buffer = PinnedBuffer>> LayerPrefetcher<A> {
                 }
             }
         }
-        self.uploads[p].end[s].record(&up).map_err(cuda_err("recording an upload event"))?;
+        self.uploads[p].end[s]
+            .record(&up)
+            .map_err(cuda_err("recording an upload event"))?;
         self.uploads[p].uploaded[s] = true;
         self.uploads[p].bytes += total;
         self.uploads[p].pageable += pageable;
@@ -369,12 +382,17 @@ impl<A: StagingAllocator<Buffer = PinnedBuffer>> LayerPrefetcher<A> {
         }
         let c = self.streams.compute.clone();
         let ev = &self.block_events[i];
-        ev.wait_begin.record(&c).map_err(cuda_err("recording a wait event"))?;
+        ev.wait_begin
+            .record(&c)
+            .map_err(cuda_err("recording a wait event"))?;
         let p = self.parity();
         if i < self.swapped && self.uploads[p].uploaded[i] {
-            c.wait(&self.uploads[p].end[i]).map_err(cuda_err("ordering compute after an upload"))?;
+            c.wait(&self.uploads[p].end[i])
+                .map_err(cuda_err("ordering compute after an upload"))?;
         }
-        ev.wait_end.record(&c).map_err(cuda_err("recording a wait event"))?;
+        ev.wait_end
+            .record(&c)
+            .map_err(cuda_err("recording a wait event"))?;
         self.in_block = Some(i);
         let (layouts, total) = &self.layouts[i];
         let bytes = match &self.resident[i] {
@@ -393,7 +411,10 @@ impl<A: StagingAllocator<Buffer = PinnedBuffer>> LayerPrefetcher<A> {
     /// once that compute finishes on the device.
     pub fn done(&mut self, i: usize) -> Result<()> {
         if self.in_block != Some(i) {
-            return Err(Error::invalid("prefetcher", format!("done({i}) without block({i})")));
+            return Err(Error::invalid(
+                "prefetcher",
+                format!("done({i}) without block({i})"),
+            ));
         }
         let c = self.streams.compute.clone();
         self.block_events[i]
@@ -404,7 +425,9 @@ impl<A: StagingAllocator<Buffer = PinnedBuffer>> LayerPrefetcher<A> {
         self.next = i + 1;
         if i < self.swapped {
             let slot = self.block_slot[i];
-            self.slot_free[slot].record(&c).map_err(cuda_err("recording a slot event"))?;
+            self.slot_free[slot]
+                .record(&c)
+                .map_err(cuda_err("recording a slot event"))?;
             let n = i + self.depth;
             let p = self.parity();
             let result = if n < self.swapped {
@@ -503,8 +526,18 @@ pub struct DeviceBlock<'a> {
 }
 
 impl<'a> DeviceBlock<'a> {
-    pub(crate) fn new(index: usize, bytes: CudaView<'a, u8>, layouts: &'a [TensorLayout], host: &'a HostBlock) -> Self {
-        DeviceBlock { index, bytes, layouts, host }
+    pub(crate) fn new(
+        index: usize,
+        bytes: CudaView<'a, u8>,
+        layouts: &'a [TensorLayout],
+        host: &'a HostBlock,
+    ) -> Self {
+        DeviceBlock {
+            index,
+            bytes,
+            layouts,
+            host,
+        }
     }
 
     /// The block's index.
@@ -548,9 +581,12 @@ impl<'a> DeviceBlock<'a> {
 
     /// The tensor named `name`.
     pub fn get(&self, name: &str) -> Result<DeviceTensor<'a>> {
-        let j = self.host.tensors.iter().position(|t| t.name == name).ok_or_else(|| {
-            Error::invalid(name, format!("no such tensor in block {}", self.index))
-        })?;
+        let j = self
+            .host
+            .tensors
+            .iter()
+            .position(|t| t.name == name)
+            .ok_or_else(|| Error::invalid(name, format!("no such tensor in block {}", self.index)))?;
         self.tensor(j)
     }
 }
