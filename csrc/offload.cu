@@ -4,7 +4,8 @@
 //
 // It is a test instrument, not a hot path: each thread sums bytes with a grid-stride loop over 16-byte
 // chunks (one uint4 load when the pointer is 16-byte aligned, byte loads otherwise), then a warp shuffle
-// reduction and one atomicAdd per warp. Register budget: small (< 40), no shared memory.
+// reduction and one atomicAdd per warp. No shared memory; ptxas (CUDA 13.0) reports 32 / 37 / 39 / 40
+// registers on sm_80 / sm_90a / sm_100a / sm_120f, 0 bytes spilled; about 1.3 s of nvcc per target.
 
 #include <stdint.h>
 
