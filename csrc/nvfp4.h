@@ -168,6 +168,20 @@ typedef struct nvfp4_gemm_params {
     uint32_t _pad;
 } nvfp4_gemm_params;
 
+/*
+ * nvfp4_checksum: a position-dependent checksum of data[0..n), for the offload tests: the wrapping
+ * sum over i of (data[i] + 1) * ((i + 1) * 0x9E3779B97F4A7C15), mod 2^64 (offload::checksum is the CPU
+ * twin). Wrapping addition commutes, so the order of the partial sums cannot matter; weighting by
+ * position makes a shifted, stale or half-copied buffer change the sum. The kernel ADDS its sum to
+ * *out (atomicAdd): the host zeroes *out first.
+ *   Launch: blockDim.x = 256 (a multiple of 32); grid.x any >= 1, suggested min(ceil(n / 4096), 4 * SMs).
+ */
+typedef struct nvfp4_checksum_params {
+    const uint8_t *data;
+    unsigned long long *out;
+    uint64_t n;
+} nvfp4_checksum_params;
+
 #ifdef __cplusplus
 } /* extern "C" */
 #endif
@@ -184,6 +198,7 @@ extern "C" __global__ void nvfp4_gemv_w4a4(nvfp4_gemm_params p);
 extern "C" __global__ void nvfp4_gemm_w4a16_bf16(nvfp4_gemm_params p);
 extern "C" __global__ void nvfp4_gemm_w4a16_f16(nvfp4_gemm_params p);
 extern "C" __global__ void nvfp4_gemm_w4a4(nvfp4_gemm_params p);
+extern "C" __global__ void nvfp4_checksum(nvfp4_checksum_params p);
 #endif
 
 #endif /* NVFP4_H */

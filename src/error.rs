@@ -104,6 +104,7 @@ pub enum Error {
         context: String,
         /// cuBLAS's status.
         message: String,
+    },
     /// A safetensors header that cannot be used: truncated, not JSON, or inconsistent with itself.
     #[error("{file}: corrupt safetensors header: {what}")]
     CorruptHeader {

@@ -9,5 +9,7 @@
 mod common;
 #[path = "gpu/gemm.rs"]
 mod gemm;
+#[path = "gpu/offload.rs"]
+mod offload;
 #[path = "gpu/quantize.rs"]
 mod quantize;

@@ -222,3 +222,21 @@ const _: () = {
         [::core::mem::offset_of!(nvfp4_gemm_params, bias_dtype) - 104usize];
     ["Offset of field: nvfp4_gemm_params::_pad"][::core::mem::offset_of!(nvfp4_gemm_params, _pad) - 108usize];
 };
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct nvfp4_checksum_params {
+    pub data: *const u8,
+    pub out: *mut ::core::ffi::c_ulonglong,
+    pub n: u64,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of nvfp4_checksum_params"][::core::mem::size_of::<nvfp4_checksum_params>() - 24usize];
+    ["Alignment of nvfp4_checksum_params"][::core::mem::align_of::<nvfp4_checksum_params>() - 8usize];
+    ["Offset of field: nvfp4_checksum_params::data"]
+        [::core::mem::offset_of!(nvfp4_checksum_params, data) - 0usize];
+    ["Offset of field: nvfp4_checksum_params::out"]
+        [::core::mem::offset_of!(nvfp4_checksum_params, out) - 8usize];
+    ["Offset of field: nvfp4_checksum_params::n"]
+        [::core::mem::offset_of!(nvfp4_checksum_params, n) - 16usize];
+};

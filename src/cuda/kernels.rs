@@ -33,11 +33,13 @@ pub enum KernelId {
     GemmW4a16F16,
     /// W4A4 tensor-core GEMM, 64 rows of M per block.
     GemmW4a4,
+    /// Position-weighted byte checksum (offload tests and benchmarks).
+    Checksum,
 }
 
 impl KernelId {
     /// Every kernel.
-    pub const ALL: [KernelId; 11] = [
+    pub const ALL: [KernelId; 12] = [
         KernelId::Amax,
         KernelId::GlobalScale,
         KernelId::Quantize,
@@ -49,6 +51,7 @@ impl KernelId {
         KernelId::GemmW4a16Bf16,
         KernelId::GemmW4a16F16,
         KernelId::GemmW4a4,
+        KernelId::Checksum,
     ];
 
     /// The `extern "C"` symbol.
@@ -65,6 +68,7 @@ impl KernelId {
             KernelId::GemmW4a16Bf16 => "nvfp4_gemm_w4a16_bf16",
             KernelId::GemmW4a16F16 => "nvfp4_gemm_w4a16_f16",
             KernelId::GemmW4a4 => "nvfp4_gemm_w4a4",
+            KernelId::Checksum => "nvfp4_checksum",
         }
     }
 
@@ -78,6 +82,7 @@ impl KernelId {
             | KernelId::ScaleLayout => "quantize",
             KernelId::GemvW4a16Bf16 | KernelId::GemvW4a16F16 | KernelId::GemvW4a4 => "gemv_w4a16",
             KernelId::GemmW4a16Bf16 | KernelId::GemmW4a16F16 | KernelId::GemmW4a4 => "gemm_w4a16",
+            KernelId::Checksum => "offload",
         }
     }
 }

@@ -201,15 +201,16 @@ pub fn quantize<T: Element + DeviceRepr>(
 
 /// Dequantizes `[rows, cols]` (cols a multiple of 16) into `out`.
 #[allow(clippy::too_many_arguments)]
+/// The inputs may be whole buffers or views (a tensor inside a streamed weight slot).
 pub fn dequantize<T: Element + DeviceRepr>(
     dev: &Device,
     stream: &Arc<CudaStream>,
     rows: usize,
     cols: usize,
-    codes: &CudaSlice<u8>,
-    scales: &CudaSlice<u8>,
+    codes: &impl DevicePtr<u8>,
+    scales: &impl DevicePtr<u8>,
     scale_layout: ScaleLayout,
-    global_scale: &CudaSlice<f32>,
+    global_scale: &impl DevicePtr<f32>,
     out: &mut CudaSlice<T>,
 ) -> Result<()> {
     let shape = [rows, cols];

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr, DriverError, ValidAsZeroBits, sys};
+use cudarc::driver::{CudaSlice, CudaStream, CudaView, DeviceRepr, DriverError, ValidAsZeroBits, sys};
 
 use crate::error::{Error, Result};
 
@@ -80,4 +80,31 @@ pub fn download<T: DeviceRepr + Clone + Default>(
         .synchronize()
         .map_err(cuda(format!("download of `{name}`")))?;
     Ok(out)
+}
+
+/// Reads a byte view of device memory as elements of `T` (a tensor stored at an aligned offset of a
+/// byte slot). The byte length must be a whole number of elements.
+///
+/// ```no_run
+/// use nvfp4::cuda::{Device, alloc_zeros, cast_view};
+/// let dev = Device::new(0)?;
+/// let slot = alloc_zeros::<u8>(dev.stream(), "slot", 1024)?;
+/// let w = cast_view::<half::bf16>(&slot.slice(256..1024))?;
+/// assert_eq!(w.len(), 384);
+/// # Ok::<(), nvfp4::Error>(())
+/// ```
+pub fn cast_view<'a, T: DeviceRepr + bytemuck::Pod>(bytes: &CudaView<'a, u8>) -> Result<CudaView<'a, T>> {
+    let size = std::mem::size_of::<T>().max(1);
+    if bytes.len() % size != 0 {
+        return Err(Error::length(
+            "byte view",
+            &[bytes.len()],
+            bytes.len().next_multiple_of(size),
+            bytes.len(),
+        ));
+    }
+    // SAFETY: `T: Pod`, so every bit pattern is a valid `T`; and `len * size_of::<T>()` equals the view's bytes, which
+    // cudarc checks again; alignment is the caller's layout's (offsets are multiples of 256).
+    unsafe { bytes.transmute::<T>(bytes.len() / size) }
+        .ok_or_else(|| Error::invalid("byte view", "too short"))
 }

@@ -9,19 +9,27 @@
 pub mod abi;
 #[cfg(feature = "cublas")]
 mod blas;
+mod checksum;
 mod device;
 mod kernels;
 pub mod launch;
 pub mod launch_gemm;
 mod memory;
 mod pinned;
+mod pinned_pool;
 mod stream;
 
 #[cfg(feature = "cublas")]
 pub use blas::CublasBf16;
+pub use checksum::checksum;
 pub use device::{Device, DeviceInfo};
 pub use kernels::{KernelId, NVCC_VERSION, TARGETS, fatbin_sizes};
 pub(crate) use memory::cuda as cuda_err;
-pub use memory::{alloc_zeros, download, upload};
-pub use pinned::{PinnedBuffer, PinnedFlags};
-pub use stream::GpuTimer;
+pub use memory::{alloc_zeros, cast_view, download, upload};
+pub use pinned::{PinnedBuffer, PinnedFlags, copy_d2h_async, copy_h2d_async};
+pub use pinned_pool::{
+    PinnedAllocator, PinnedPool, Pool, PoolStats, Staged, StagingAllocator, StagingBuffer, TensorId,
+    default_pool_cap,
+};
+pub(crate) use stream::new_event;
+pub use stream::{GpuTimer, StreamSet};

@@ -9,4 +9,6 @@ mod gemm;
 mod quantize;
 
 pub use gemm::{GemmKernel, GemmOp, GemmPlan, GemmSpec, plan};
-pub use quantize::{DeviceNvfp4, GpuElement, dequantize, quantize, quantize_into};
+pub use quantize::{
+    DeviceNvfp4, GpuElement, Nvfp4View, dequantize, dequantize_view, quantize, quantize_into,
+};

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits};
+use cudarc::driver::{CudaSlice, CudaStream, CudaView, DeviceRepr, ValidAsZeroBits};
 
 use crate::cuda::launch::{self, QuantizeShape};
 use crate::cuda::{Device, alloc_zeros, download, upload};
@@ -265,6 +265,55 @@ pub fn dequantize<T: GpuElement>(
             "K must be a multiple of 16 on the GPU",
         ));
     }
+    launch::dequantize(
+        dev,
+        stream,
+        t.rows,
+        t.cols,
+        &t.codes,
+        &t.scales,
+        t.scale_layout,
+        &t.global_scale,
+        out,
+    )
+}
+
+/// An NVFP4 tensor inside someone else's device memory (a streamed weight slot): views of its codes,
+/// scales and global scale. K (`cols`) is the stored, padded K.
+pub struct Nvfp4View<'a> {
+    /// Rows.
+    pub rows: usize,
+    /// Columns as stored (a multiple of 16).
+    pub cols: usize,
+    /// Layout of `scales`.
+    pub scale_layout: ScaleLayout,
+    /// Packed codes, `rows * cols / 2` bytes.
+    pub codes: CudaView<'a, u8>,
+    /// Block scales.
+    pub scales: CudaView<'a, u8>,
+    /// One f32.
+    pub global_scale: CudaView<'a, f32>,
+}
+
+/// [`dequantize`] of a tensor held in views (same kernel, same bits). Enqueues work only.
+///
+/// ```no_run
+/// use nvfp4::{cuda::{Device, alloc_zeros}, ops::{self, DeviceNvfp4, Nvfp4View}, quant, QuantizeOptions};
+/// let dev = Device::new(0)?;
+/// let q = quant::quantize("w", &vec![1.0f32; 256], 16, 16, &QuantizeOptions::default())?;
+/// let d = DeviceNvfp4::upload(dev.stream(), &q)?;
+/// let v = Nvfp4View { rows: 16, cols: 16, scale_layout: q.scale_layout(),
+///     codes: d.codes.as_view(), scales: d.scales.as_view(), global_scale: d.global_scale.as_view() };
+/// let mut out = alloc_zeros::<f32>(dev.stream(), "out", 256)?;
+/// ops::dequantize_view(&dev, dev.stream(), &v, &mut out)?;
+/// # Ok::<(), nvfp4::Error>(())
+/// ```
+pub fn dequantize_view<T: GpuElement>(
+    dev: &Device,
+    stream: &Arc<CudaStream>,
+    t: &Nvfp4View<'_>,
+    out: &mut CudaSlice<T>,
+) -> Result<()> {
     launch::dequantize(
         dev,
         stream,

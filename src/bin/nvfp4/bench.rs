@@ -20,6 +20,35 @@ pub enum BenchCommand {
     Pinned(PinnedArgs),
     /// NVFP4 GEMM/GEMV (W4A16, W4A4) against cuBLAS bf16 over a sweep of M and shapes.
     Gemm(crate::bench_gemm::GemmArgs),
+    /// Weight streaming (BlockSwap) of a SeedVR2-7B-shaped model: pooled pinned H2D against the
+    /// pinned peak, streamed pass time against max(upload, compute), NVFP4 against bf16, pageable.
+    Offload(OffloadArgs),
+}
+
+/// Model size and repetitions of the offload benchmark.
+#[derive(Args)]
+pub struct OffloadArgs {
+    /// Blocks streamed (SeedVR2-7B has 36; all are swapped).
+    #[arg(long, default_value_t = 8)]
+    pub blocks: usize,
+    /// Divide every linear layer's dimensions by this (1 = the real shapes).
+    #[arg(long, default_value_t = 1)]
+    pub shrink: usize,
+    /// Device slots in the ring.
+    #[arg(long, default_value_t = 2)]
+    pub depth: usize,
+    /// Timed passes per configuration (after one warm-up pass that fills the pinned pool).
+    #[arg(long, default_value_t = 2)]
+    pub passes: usize,
+    /// Dequantize repetitions per block in the compute-bound configuration.
+    #[arg(long, default_value_t = 24)]
+    pub compute_reps: usize,
+    /// Repetitions of the pinned-peak copy.
+    #[arg(long, default_value_t = 5)]
+    pub reps: usize,
+    /// Device ordinal.
+    #[arg(long, default_value_t = 0)]
+    pub device: usize,
 }
 
 /// Shapes and repetitions of the GPU quantize benchmark.
@@ -70,6 +99,7 @@ pub fn run(cmd: &BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Quantize(a) => crate::bench_gpu::quantize(a),
         BenchCommand::Pinned(a) => crate::bench_gpu::pinned(a),
         BenchCommand::Gemm(a) => crate::bench_gemm::gemm(a),
+        BenchCommand::Offload(a) => crate::bench_offload::offload(a),
     }
 }
 

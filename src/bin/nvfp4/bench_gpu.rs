@@ -42,7 +42,7 @@ fn time_ms(
     Ok(t.stop_ms(stream)? as f64 / reps as f64)
 }
 
-fn open(ordinal: usize) -> anyhow::Result<Device> {
+pub fn open(ordinal: usize) -> anyhow::Result<Device> {
     let dev = Device::new(ordinal).context("opening the GPU")?;
     let i = dev.info();
     println!(

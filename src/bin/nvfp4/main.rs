@@ -5,6 +5,7 @@ mod bench;
 mod bench_gemm;
 mod bench_gpu;
 mod checkpoint_cmds;
+mod bench_offload;
 mod demo;
 mod stats;
 
