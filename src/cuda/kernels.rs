@@ -21,16 +21,22 @@ pub enum KernelId {
     Dequantize,
     /// Block-scale layout conversion.
     ScaleLayout,
+    /// W4A4 NVFP4 GEMM on the sm_120 block-scaled FP4 tensor cores (emulated on sm_90a, a trap elsewhere).
+    GemmFp4Sm120,
+    /// The bare sm_120 FP4 MMA (or its emulation) on independent tiles, for tests.
+    MmaProbeSm120,
 }
 
 impl KernelId {
     /// Every kernel.
-    pub const ALL: [KernelId; 5] = [
+    pub const ALL: [KernelId; 7] = [
         KernelId::Amax,
         KernelId::GlobalScale,
         KernelId::Quantize,
         KernelId::Dequantize,
         KernelId::ScaleLayout,
+        KernelId::GemmFp4Sm120,
+        KernelId::MmaProbeSm120,
     ];
 
     /// The `extern "C"` symbol.
@@ -41,6 +47,8 @@ impl KernelId {
             KernelId::Quantize => "nvfp4_quantize",
             KernelId::Dequantize => "nvfp4_dequantize",
             KernelId::ScaleLayout => "nvfp4_scale_layout",
+            KernelId::GemmFp4Sm120 => "nvfp4_gemm_fp4_sm120",
+            KernelId::MmaProbeSm120 => "nvfp4_mma_probe_sm120",
         }
     }
 
@@ -52,6 +60,7 @@ impl KernelId {
             | KernelId::Quantize
             | KernelId::Dequantize
             | KernelId::ScaleLayout => "quantize",
+            KernelId::GemmFp4Sm120 | KernelId::MmaProbeSm120 => "gemm_fp4_sm120",
         }
     }
 }

@@ -8,6 +8,7 @@
 #[rustfmt::skip] // bindgen output, compared byte for byte by tests/abi_bindgen.rs
 pub mod abi;
 mod device;
+pub mod gemm_fp4;
 mod kernels;
 pub mod launch;
 mod memory;

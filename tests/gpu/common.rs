@@ -44,4 +44,3 @@ pub fn mixed_values(rng: &mut Rng, n: usize) -> Vec<f32> {
 pub fn convert<T: Element>(v: &[f32]) -> Vec<T> {
     v.iter().map(|&x| T::from_f32(x)).collect()
 }
-
