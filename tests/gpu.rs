@@ -9,3 +9,5 @@
 mod common;
 #[path = "gpu/quantize.rs"]
 mod quantize;
+#[path = "gpu/gemm_fp4.rs"]
+mod gemm_fp4;
