@@ -7,7 +7,7 @@
 
 #[path = "gpu/common.rs"]
 mod common;
-#[path = "gpu/quantize.rs"]
-mod quantize;
 #[path = "gpu/gemm_fp4.rs"]
 mod gemm_fp4;
+#[path = "gpu/quantize.rs"]
+mod quantize;

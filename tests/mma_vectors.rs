@@ -2,6 +2,9 @@
 //! vectors of tests/data/mxf4nvf4-m16n8k64.jsonl (MMA-Sim's outputs; see tests/data/README.md), every
 //! case bit for bit (±0 equal), at matrix level and through the register fragments.
 
+// Outputs are addressed as D[m][n], as the vectors and the PTX ISA write them.
+#![allow(clippy::needless_range_loop)]
+
 use nvfp4::reference::mma::{self, MmaTile, VectorCase};
 use nvfp4::reference::synthetic::Rng;
 

@@ -258,6 +258,8 @@ pub fn mma_m16n8k64(t: &MmaTile) -> [[f32; 8]; 16] {
 /// The instruction at register level: every lane's A, B, C and scale registers in, every lane's D
 /// registers out. Elements are gathered through the layout functions of this module, so a test that
 /// packs a tile with them and compares with [`mma_m16n8k64`] checks the layout documentation too.
+// Register numbers index both the fragments and the layout functions: a range loop says it plainly.
+#[allow(clippy::needless_range_loop)]
 pub fn mma_fragments(
     a: &[[u32; 4]; 32],
     b: &[[u32; 2]; 32],
@@ -310,7 +312,7 @@ pub fn mma_fragments(
 /// The registers of a tile as the instruction expects them (the inverse of [`mma_fragments`]'s
 /// gather): `(a, b, c, sfa, sfb)` per lane, scales placed for selectors `tid_a`, `tid_b` (lanes that
 /// supply no scale get 0).
-#[allow(clippy::type_complexity)]
+#[allow(clippy::type_complexity, clippy::needless_range_loop)]
 pub fn tile_fragments(
     t: &MmaTile,
     tid_a: usize,

@@ -3,6 +3,9 @@
 //! whole GEMM kernel against `mma_gemm` bit for bit. On an H100 this runs the sm_90a build, whose
 //! instruction is the integer emulation of csrc/common/mma_fp4.cuh; on sm_120 it runs the hardware.
 
+// Outputs are addressed as D[m][n], as the vectors and the PTX ISA write them.
+#![allow(clippy::needless_range_loop)]
+
 use half::{bf16, f16};
 use nvfp4::cuda::gemm_fp4::{MmaProbeTiles, fp4_mma_on, mma_probe};
 use nvfp4::cuda::{Device, alloc_zeros, download, upload};
@@ -31,7 +34,10 @@ fn backend(dev: &Device, test: &str) -> Option<Fp4Backend> {
 
 fn vectors() -> Vec<VectorCase> {
     let path = std::env::var("NVFP4_MMA_VECTORS").unwrap_or_else(|_| {
-        format!("{}/tests/data/mxf4nvf4-m16n8k64.jsonl", env!("CARGO_MANIFEST_DIR"))
+        format!(
+            "{}/tests/data/mxf4nvf4-m16n8k64.jsonl",
+            env!("CARGO_MANIFEST_DIR")
+        )
     });
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
     text.lines()
@@ -80,7 +86,12 @@ fn gpu_mma_instruction_reproduces_every_vector_with_every_selector() {
     let Some(dev) = device("gpu_mma_instruction_reproduces_every_vector_with_every_selector") else {
         return;
     };
-    if backend(&dev, "gpu_mma_instruction_reproduces_every_vector_with_every_selector").is_none() {
+    if backend(
+        &dev,
+        "gpu_mma_instruction_reproduces_every_vector_with_every_selector",
+    )
+    .is_none()
+    {
         return;
     }
     let cases = vectors();
@@ -105,7 +116,9 @@ fn gpu_mma_instruction_reproduces_every_vector_with_every_selector() {
 
 #[test]
 fn gpu_mma_instruction_matches_the_model_on_random_tiles() {
-    let Some(dev) = device("gpu_mma_instruction_matches_the_model_on_random_tiles") else { return };
+    let Some(dev) = device("gpu_mma_instruction_matches_the_model_on_random_tiles") else {
+        return;
+    };
     if backend(&dev, "gpu_mma_instruction_matches_the_model_on_random_tiles").is_none() {
         return;
     }
@@ -126,10 +139,12 @@ fn gpu_mma_instruction_matches_the_model_on_random_tiles() {
             let a = std::array::from_fn(|_| std::array::from_fn(|_| (rng.next_u64() & 0xF) as u8));
             let b = std::array::from_fn(|_| std::array::from_fn(|_| (rng.next_u64() & 0xF) as u8));
             let c = std::array::from_fn(|_| {
-                std::array::from_fn(|_| loop {
-                    let v = f32::from_bits(rng.next_u64() as u32);
-                    if v.is_finite() {
-                        break if rng.next_u64() % 2 == 0 { v } else { v * 1e-30 };
+                std::array::from_fn(|_| {
+                    loop {
+                        let v = f32::from_bits(rng.next_u64() as u32);
+                        if v.is_finite() {
+                            break if rng.next_u64() % 2 == 0 { v } else { v * 1e-30 };
+                        }
                     }
                 })
             });
@@ -158,10 +173,12 @@ fn operand(rng: &mut Rng, name: &str, rows: usize, k: usize, raw: bool) -> Nvfp4
     let t = if raw {
         let codes = (0..rows * k / 2).map(|_| rng.next_u64() as u8).collect();
         let scales = (0..rows * k / 16)
-            .map(|_| loop {
-                let b = (rng.next_u64() & 0x7F) as u8;
-                if b != 0x7F {
-                    break b;
+            .map(|_| {
+                loop {
+                    let b = (rng.next_u64() & 0x7F) as u8;
+                    if b != 0x7F {
+                        break b;
+                    }
                 }
             })
             .collect();
@@ -206,7 +223,9 @@ fn check_gemm<T: GpuElement>(
 
 #[test]
 fn gpu_gemm_fp4_matches_the_chained_mma_model_bit_for_bit() {
-    let Some(dev) = device("gpu_gemm_fp4_matches_the_chained_mma_model_bit_for_bit") else { return };
+    let Some(dev) = device("gpu_gemm_fp4_matches_the_chained_mma_model_bit_for_bit") else {
+        return;
+    };
     let Some(backend) = backend(&dev, "gpu_gemm_fp4_matches_the_chained_mma_model_bit_for_bit") else {
         return;
     };
@@ -217,7 +236,15 @@ fn gpu_gemm_fp4_matches_the_chained_mma_model_bit_for_bit() {
     let shapes: &[(usize, usize, usize)] = if under_sanitizer() {
         &[(1, 8, 16), (7, 70, 208), (65, 64, 128)]
     } else {
-        &[(1, 8, 16), (1, 200, 1008), (7, 70, 208), (16, 64, 64), (128, 96, 320), (1000, 72, 272), (130, 130, 1024)]
+        &[
+            (1, 8, 16),
+            (1, 200, 1008),
+            (7, 70, 208),
+            (16, 64, 64),
+            (128, 96, 320),
+            (1000, 72, 272),
+            (130, 130, 1024),
+        ]
     };
     for (i, &(m, n, k)) in shapes.iter().enumerate() {
         let raw = i % 2 == 1;
@@ -234,12 +261,25 @@ fn gpu_gemm_fp4_matches_the_chained_mma_model_bit_for_bit() {
 
 #[test]
 fn gpu_gemm_fp4_refuses_what_it_cannot_run() {
-    let Some(dev) = device("gpu_gemm_fp4_refuses_what_it_cannot_run") else { return };
+    let Some(dev) = device("gpu_gemm_fp4_refuses_what_it_cannot_run") else {
+        return;
+    };
     let s = dev.stream();
     let mut rng = Rng::new(7);
-    let lin = quant::quantize("A", &mixed_values(&mut rng, 4 * 32), 4, 32, &QuantizeOptions::default()).unwrap();
+    let lin = quant::quantize(
+        "A",
+        &mixed_values(&mut rng, 4 * 32),
+        4,
+        32,
+        &QuantizeOptions::default(),
+    )
+    .unwrap();
     let a = DeviceNvfp4::upload(s, &lin).unwrap();
-    let w = DeviceNvfp4::upload(s, &lin.clone().with_scale_layout(ScaleLayout::Swizzled128x4).unwrap()).unwrap();
+    let w = DeviceNvfp4::upload(
+        s,
+        &lin.clone().with_scale_layout(ScaleLayout::Swizzled128x4).unwrap(),
+    )
+    .unwrap();
     let mut out = alloc_zeros::<f32>(s, "out", 16).unwrap();
     let err = ops::gemm_fp4(&dev, s, &a, &w, None, &mut out, Fp4Backend::Sm120Emulated).unwrap_err();
     assert!(matches!(err, Error::InvalidValue { .. }), "linear scales: {err}");
@@ -249,5 +289,8 @@ fn gpu_gemm_fp4_refuses_what_it_cannot_run() {
     }
     let mut short = alloc_zeros::<f32>(s, "out", 15).unwrap();
     let err = ops::gemm_fp4(&dev, s, &w, &w, None, &mut short, Fp4Backend::Sm120Emulated).unwrap_err();
-    assert!(matches!(err, Error::Length { .. } | Error::UnsupportedArch { .. }), "{err}");
+    assert!(
+        matches!(err, Error::Length { .. } | Error::UnsupportedArch { .. }),
+        "{err}"
+    );
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use cudarc::driver::CudaStream;
 use half::{bf16, f16};
 use nvfp4::cuda::{Device, KernelId, alloc_zeros, download, upload};
-use nvfp4::format::{Element, ScaleLayout, ZeroSign};
+use nvfp4::format::{ScaleLayout, ZeroSign};
 use nvfp4::ops::{self, DeviceNvfp4, GpuElement};
 use nvfp4::quant::{self, GlobalScale, GlobalScaleRule, NonFinite, QuantizeOptions};
 use nvfp4::reference::synthetic::Rng;
