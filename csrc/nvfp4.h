@@ -182,6 +182,55 @@ typedef struct nvfp4_checksum_params {
     uint64_t n;
 } nvfp4_checksum_params;
 
+/*
+ * nvfp4_gemm_fp4_sm120: D[M, N] = alpha * A[M, K] * W[N, K]^T (+ bias[N]), A and W NVFP4 (packed E2M1
+ * codes, element 2i in the low nibble; UE4M3 block scales in the 128x4 swizzled layout, padding 0x00),
+ * alpha = *a_global_scale * *w_global_scale (one f32 product on the device), on the sm_120 block-scaled
+ * FP4 tensor cores (csrc/gemm_fp4_sm120.cu; the emulated instruction on sm_90a; a trap elsewhere).
+ *   Every output starts from +0.0 and takes one m16n8k64 instruction per 64-wide K step in increasing K
+ *   (K past k reads as code 0, scale 0x00); then v = acc * alpha, v = v + bias[n], each one f32
+ *   round-to-nearest operation, and one round-to-nearest-even to out_dtype: reference::mma::mma_gemm
+ *   gives the same bits.
+ *   Launch: blockDim.x = 128 (exactly), gridDim = (ceil(m / 64), ceil(n / 64)), no dynamic shared memory.
+ *   k is a multiple of 16; the code rows are 8-byte aligned (16-byte when k % 32 == 0: the kernel then
+ *   copies 16 bytes at a time).
+ */
+typedef struct nvfp4_gemm_fp4_params {
+    const uint8_t *a_codes;  /* [m, k/2] */
+    const uint8_t *a_scales; /* swizzled, roundup(m, 128) * roundup(k/16, 4) bytes */
+    const uint8_t *w_codes;  /* [n, k/2] */
+    const uint8_t *w_scales; /* swizzled, roundup(n, 128) * roundup(k/16, 4) bytes */
+    const float *a_global_scale;
+    const float *w_global_scale;
+    const float *bias; /* [n], or NULL */
+    void *out;         /* [m, n] row-major, out_dtype */
+    uint64_t m;
+    uint64_t n;
+    uint64_t k;
+    uint32_t out_dtype; /* enum nvfp4_dtype */
+    uint32_t _pad;
+} nvfp4_gemm_fp4_params;
+
+/*
+ * nvfp4_mma_probe_sm120: the bare instruction (or its emulation) on `cases` independent tiles, through the
+ * documented fragment layouts, for tests against reference::mma. Case i: A rows a[i][16][32 bytes]
+ * (64 packed codes per row), B columns b[i][8][32 bytes], scale words sfa[i][16] and sfb[i][8] (byte q =
+ * K group q), C c[i][16][8] and D d[i][16][8] row-major f32. The selectors tid_a (0..1) and tid_b (0..3)
+ * choose which lanes supply scales; every other lane holds NaN scale bytes, which must be ignored.
+ *   Launch: blockDim.x a multiple of 32; one warp per case, grid-stride (any grid.x >= 1).
+ */
+typedef struct nvfp4_mma_probe_params {
+    const uint8_t *a;
+    const uint8_t *b;
+    const uint32_t *sfa;
+    const uint32_t *sfb;
+    const float *c;
+    float *d;
+    uint64_t cases;
+    uint32_t tid_a;
+    uint32_t tid_b;
+} nvfp4_mma_probe_params;
+
 #ifdef __cplusplus
 } /* extern "C" */
 #endif
@@ -199,6 +248,8 @@ extern "C" __global__ void nvfp4_gemm_w4a16_bf16(nvfp4_gemm_params p);
 extern "C" __global__ void nvfp4_gemm_w4a16_f16(nvfp4_gemm_params p);
 extern "C" __global__ void nvfp4_gemm_w4a4(nvfp4_gemm_params p);
 extern "C" __global__ void nvfp4_checksum(nvfp4_checksum_params p);
+extern "C" __global__ void nvfp4_gemm_fp4_sm120(nvfp4_gemm_fp4_params p);
+extern "C" __global__ void nvfp4_mma_probe_sm120(nvfp4_mma_probe_params p);
 #endif
 
 #endif /* NVFP4_H */

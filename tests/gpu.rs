@@ -11,5 +11,7 @@ mod common;
 mod gemm;
 #[path = "gpu/offload.rs"]
 mod offload;
+#[path = "gpu/gemm_fp4.rs"]
+mod gemm_fp4;
 #[path = "gpu/quantize.rs"]
 mod quantize;

@@ -240,3 +240,87 @@ const _: () = {
     ["Offset of field: nvfp4_checksum_params::n"]
         [::core::mem::offset_of!(nvfp4_checksum_params, n) - 16usize];
 };
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct nvfp4_gemm_fp4_params {
+    pub a_codes: *const u8,
+    pub a_scales: *const u8,
+    pub w_codes: *const u8,
+    pub w_scales: *const u8,
+    pub a_global_scale: *const f32,
+    pub w_global_scale: *const f32,
+    pub bias: *const f32,
+    pub out: *mut ::core::ffi::c_void,
+    pub m: u64,
+    pub n: u64,
+    pub k: u64,
+    pub out_dtype: u32,
+    pub _pad: u32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of nvfp4_gemm_fp4_params"][::core::mem::size_of::<nvfp4_gemm_fp4_params>() - 96usize];
+    ["Alignment of nvfp4_gemm_fp4_params"][::core::mem::align_of::<nvfp4_gemm_fp4_params>() - 8usize];
+    ["Offset of field: nvfp4_gemm_fp4_params::a_codes"]
+        [::core::mem::offset_of!(nvfp4_gemm_fp4_params, a_codes) - 0usize];
+    ["Offset of field: nvfp4_gemm_fp4_params::a_scales"]
+        [::core::mem::offset_of!(nvfp4_gemm_fp4_params, a_scales) - 8usize];
+    ["Offset of field: nvfp4_gemm_fp4_params::w_codes"]
+        [::core::mem::offset_of!(nvfp4_gemm_fp4_params, w_codes) - 16usize];
+    ["Offset of field: nvfp4_gemm_fp4_params::w_scales"]
+        [::core::mem::offset_of!(nvfp4_gemm_fp4_params, w_scales) - 24usize];
+    ["Offset of field: nvfp4_gemm_fp4_params::a_global_scale"]
+        [::core::mem::offset_of!(nvfp4_gemm_fp4_params, a_global_scale) - 32usize];
+    ["Offset of field: nvfp4_gemm_fp4_params::w_global_scale"]
+        [::core::mem::offset_of!(nvfp4_gemm_fp4_params, w_global_scale) - 40usize];
+    ["Offset of field: nvfp4_gemm_fp4_params::bias"]
+        [::core::mem::offset_of!(nvfp4_gemm_fp4_params, bias) - 48usize];
+    ["Offset of field: nvfp4_gemm_fp4_params::out"]
+        [::core::mem::offset_of!(nvfp4_gemm_fp4_params, out) - 56usize];
+    ["Offset of field: nvfp4_gemm_fp4_params::m"]
+        [::core::mem::offset_of!(nvfp4_gemm_fp4_params, m) - 64usize];
+    ["Offset of field: nvfp4_gemm_fp4_params::n"]
+        [::core::mem::offset_of!(nvfp4_gemm_fp4_params, n) - 72usize];
+    ["Offset of field: nvfp4_gemm_fp4_params::k"]
+        [::core::mem::offset_of!(nvfp4_gemm_fp4_params, k) - 80usize];
+    ["Offset of field: nvfp4_gemm_fp4_params::out_dtype"]
+        [::core::mem::offset_of!(nvfp4_gemm_fp4_params, out_dtype) - 88usize];
+    ["Offset of field: nvfp4_gemm_fp4_params::_pad"]
+        [::core::mem::offset_of!(nvfp4_gemm_fp4_params, _pad) - 92usize];
+};
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct nvfp4_mma_probe_params {
+    pub a: *const u8,
+    pub b: *const u8,
+    pub sfa: *const u32,
+    pub sfb: *const u32,
+    pub c: *const f32,
+    pub d: *mut f32,
+    pub cases: u64,
+    pub tid_a: u32,
+    pub tid_b: u32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of nvfp4_mma_probe_params"][::core::mem::size_of::<nvfp4_mma_probe_params>() - 64usize];
+    ["Alignment of nvfp4_mma_probe_params"][::core::mem::align_of::<nvfp4_mma_probe_params>() - 8usize];
+    ["Offset of field: nvfp4_mma_probe_params::a"]
+        [::core::mem::offset_of!(nvfp4_mma_probe_params, a) - 0usize];
+    ["Offset of field: nvfp4_mma_probe_params::b"]
+        [::core::mem::offset_of!(nvfp4_mma_probe_params, b) - 8usize];
+    ["Offset of field: nvfp4_mma_probe_params::sfa"]
+        [::core::mem::offset_of!(nvfp4_mma_probe_params, sfa) - 16usize];
+    ["Offset of field: nvfp4_mma_probe_params::sfb"]
+        [::core::mem::offset_of!(nvfp4_mma_probe_params, sfb) - 24usize];
+    ["Offset of field: nvfp4_mma_probe_params::c"]
+        [::core::mem::offset_of!(nvfp4_mma_probe_params, c) - 32usize];
+    ["Offset of field: nvfp4_mma_probe_params::d"]
+        [::core::mem::offset_of!(nvfp4_mma_probe_params, d) - 40usize];
+    ["Offset of field: nvfp4_mma_probe_params::cases"]
+        [::core::mem::offset_of!(nvfp4_mma_probe_params, cases) - 48usize];
+    ["Offset of field: nvfp4_mma_probe_params::tid_a"]
+        [::core::mem::offset_of!(nvfp4_mma_probe_params, tid_a) - 56usize];
+    ["Offset of field: nvfp4_mma_probe_params::tid_b"]
+        [::core::mem::offset_of!(nvfp4_mma_probe_params, tid_b) - 60usize];
+};

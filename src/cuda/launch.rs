@@ -24,7 +24,7 @@ const BLOCK_THREADS: u32 = 256;
 /// Largest grid.x the driver accepts.
 const MAX_GRID: u64 = (1 << 31) - 1;
 
-fn dtype_code(d: Dtype) -> u32 {
+pub(crate) fn dtype_code(d: Dtype) -> u32 {
     match d {
         Dtype::F32 => abi::nvfp4_dtype_NVFP4_DTYPE_F32,
         Dtype::F16 => abi::nvfp4_dtype_NVFP4_DTYPE_F16,
@@ -39,7 +39,7 @@ fn layout_code(l: ScaleLayout) -> u32 {
     }
 }
 
-fn need(name: &str, shape: &[usize], expected: usize, actual: usize) -> Result<()> {
+pub(crate) fn need(name: &str, shape: &[usize], expected: usize, actual: usize) -> Result<()> {
     if expected == actual {
         Ok(())
     } else {

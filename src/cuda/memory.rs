@@ -19,6 +19,10 @@ unsafe impl DeviceRepr for super::abi::nvfp4_dequantize_params {}
 unsafe impl DeviceRepr for super::abi::nvfp4_scale_layout_params {}
 // SAFETY: as above.
 unsafe impl DeviceRepr for super::abi::nvfp4_gemm_params {}
+// SAFETY: as above.
+unsafe impl DeviceRepr for super::abi::nvfp4_gemm_fp4_params {}
+// SAFETY: as above.
+unsafe impl DeviceRepr for super::abi::nvfp4_mma_probe_params {}
 
 /// Maps a driver error to [`Error::Cuda`] with what was being done.
 pub(crate) fn cuda(context: impl Into<String>) -> impl FnOnce(DriverError) -> Error {

@@ -11,6 +11,7 @@ pub mod abi;
 mod blas;
 mod checksum;
 mod device;
+pub mod gemm_fp4;
 mod kernels;
 pub mod launch;
 pub mod launch_gemm;

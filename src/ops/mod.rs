@@ -1,14 +1,16 @@
 //! Safe GPU operations, one function per kernel family, each the twin of a CPU function in
-//! [`crate::quant`] or [`crate::reference`] with the same semantics and, where the math is exact, the
-//! same bytes.
+//! [`crate::quant`] or [`crate::reference`] with the same semantics and, where the math is exact (or,
+//! for the FP4 GEMM, modelled bit for bit), the same bytes.
 //!
 //! Ops take the caller's `Arc<CudaStream>` and enqueue work on it; they synchronize only where the
 //! documentation says so (reading a result back).
 
 mod gemm;
+mod gemm_fp4;
 mod quantize;
 
 pub use gemm::{GemmKernel, GemmOp, GemmPlan, GemmSpec, plan};
+pub use gemm_fp4::{Fp4Backend, gemm_fp4};
 pub use quantize::{
     DeviceNvfp4, GpuElement, Nvfp4View, dequantize, dequantize_view, quantize, quantize_into,
 };

@@ -1,0 +1,299 @@
+// gemm_fp4_sm120.cu: W4A4 NVFP4 GEMM on the Blackwell sm_120 block-scaled FP4 tensor cores
+//
+//   D[M, N] = alpha * A[M, K] * W[N, K]^T (+ bias[N]),   alpha = a_global_scale * w_global_scale
+//
+// A (activations) and W (weights) are NVFP4: packed E2M1 codes [rows, K/2] and UE4M3 block scales in the
+// 128x4 swizzled layout (the layout cuBLASLt and CUTLASS read; format::scale_layout). The CPU twin is
+// reference::mma::mma_gemm, which gives the same bits on any input: each output starts from +0.0 and
+// takes one m16n8k64 instruction (csrc/common/mma_fp4.cuh) per 64-wide K step in increasing K, the
+// accumulator passing through C; the epilogue is two f32 round-to-nearest operations and one rounding to
+// the output type. Also built for sm_90a with the emulated instruction, so an H100 runs this whole kernel
+// (tiling, loads, scale addressing, epilogue); for sm_80 and sm_100a it compiles to a trap and the host
+// refuses to launch it.
+//
+// Tiling (one CTA = 4 warps = 128 threads, a 64x64 tile of D):
+//   * K step = 64 = one instruction deep. Per stage, A and W are 64 rows x 32 bytes (2 KiB each) and
+//     their scales 64 rows x 4 bytes (the 4 UE4M3 bytes of a row for one K step are one aligned word in
+//     the swizzled layout: 512-byte tiles of [32 lines][4 row groups][4 K blocks]). 4.5 KiB per stage,
+//     4 stages = 18 KiB of static shared memory: several CTAs per SM on a 100 KiB RTX 50 SM.
+//   * Stage pipeline: cp.async (sm_80+; sm_120 has no wgmma, and TMA would need a tensor map per
+//     operand), STAGES - 1 steps in flight, zero fill for rows past M/N and K past k.
+//   * Warps 2 (M) x 2 (N), each 32x32 = 2 m16 x 4 n8 instructions per K step (8 per step, 32 f32
+//     accumulators per lane). A and W fragments come from shared memory with ldmatrix.x4 on the packed
+//     bytes: an 8x8 b16 matrix of ldmatrix is 8 rows x 16 bytes, which is exactly the footprint of one
+//     A/B register of the FP4 instruction (4 bytes = 8 codes per lane, lane (g, t) at row g, bytes 4t).
+//     Rows are 32 bytes (two 16-byte chunks); chunk c of row r is stored at c ^ ((r >> 2) & 1), so the
+//     8 rows one ldmatrix phase reads hit 8 distinct 4-bank groups.
+//   * Scales: one 32-bit shared load per lane per K step covers all 8 instructions of the warp, through
+//     the selectors: with thread-id-a = mt, lanes with t >> 1 == mt supply the rows of m-tile mt (row
+//     g + 8 (t & 1)); with thread-id-b = nt, lane t == nt supplies column g of n-tile nt.
+//
+// Budgets (ptxas -v, CUDA 13.0): see the closing comment of the kernel and README; no spills allowed
+// (tools/check-sass.sh).
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <stdint.h>
+
+#include "common/mma_fp4.cuh"
+#include "nvfp4.h"
+
+// Everything but the kernels' entry points exists only where the instruction does: elsewhere the
+// kernels are a trap, and unused helpers would only draw compiler warnings.
+#if NVFP4_MMA_AVAILABLE
+namespace {
+
+constexpr int BM = 64, BN = 64;  // CTA tile
+constexpr int KSTEP = 64;        // K elements per stage = one instruction
+constexpr int ROW_BYTES = KSTEP / 2;
+constexpr int STAGES = 4;
+constexpr int THREADS = 128;
+
+struct Stage {
+    uint8_t a[BM * ROW_BYTES];
+    uint8_t w[BN * ROW_BYTES];
+    uint32_t sfa[BM];
+    uint32_t sfw[BN];
+};
+
+// Byte offset of 16-byte chunk `c` (0..1) of tile row `r`: the XOR swizzle described above.
+__device__ __forceinline__ int chunk_offset(int r, int c) { return r * ROW_BYTES + ((c ^ ((r >> 2) & 1)) << 4); }
+
+__device__ __forceinline__ uint32_t smem_addr(const void *p) {
+    return (uint32_t)__cvta_generic_to_shared(p);
+}
+
+// cp.async of `bytes` (8 or 16) with zero fill: copies `src_bytes` (0 or `bytes`) and zeroes the rest.
+template <int BYTES>
+__device__ __forceinline__ void cp_async(void *dst, const void *src, bool valid) {
+    const int src_bytes = valid ? BYTES : 0;
+    if constexpr (BYTES == 16) {
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
+                     "r"(src_bytes));
+    } else {
+        asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;\n" ::"r"(smem_addr(dst)), "l"(src),
+                     "n"(BYTES), "r"(src_bytes));
+    }
+}
+
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t &r0, uint32_t &r1, uint32_t &r2, uint32_t &r3,
+                                            const void *p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+                 : "r"(smem_addr(p)));
+}
+
+// Byte offset of the scale word (4 K blocks of K step `s`) of row `r` in the 128x4 swizzled layout
+// (format::scale_layout::swizzled_offset with c = 4s; k_tiles = roundup(K/16, 4) / 4).
+__device__ __forceinline__ uint64_t swizzled_word(uint64_t r, uint64_t s, uint64_t k_tiles) {
+    return (r / 128) * k_tiles * 512 + s * 512 + (r % 32) * 16 + ((r % 128) / 32) * 4;
+}
+
+// The code copies of K step `s` in pieces of PIECE bytes (16 or 8), 16 or 32 whole elements each, so a
+// piece is entirely inside K or entirely past it.
+template <int PIECE>
+__device__ __forceinline__ void load_codes(Stage &st, const nvfp4_gemm_fp4_params &p, uint64_t m0, uint64_t n0,
+                                           uint64_t s) {
+    const uint64_t row_bytes = p.k / 2;
+    constexpr int PER_ROW = ROW_BYTES / PIECE;         // pieces per tile row
+    constexpr int PER_THREAD = BM * PER_ROW / THREADS;  // 1 (16-byte) or 2 (8-byte)
+#pragma unroll
+    for (int i = 0; i < PER_THREAD; ++i) {
+        const int piece = threadIdx.x * PER_THREAD + i;
+        const int r = piece / PER_ROW, byte = (piece % PER_ROW) * PIECE;
+        const uint64_t kb = s * ROW_BYTES + byte;  // byte offset inside a global row
+        const int dst = chunk_offset(r, byte >> 4) + (byte & 15);
+        const bool k_ok = kb < row_bytes;
+        const bool a_ok = k_ok && m0 + r < p.m, w_ok = k_ok && n0 + r < p.n;
+        cp_async<PIECE>(st.a + dst, a_ok ? p.a_codes + (m0 + r) * row_bytes + kb : p.a_codes, a_ok);
+        cp_async<PIECE>(st.w + dst, w_ok ? p.w_codes + (n0 + r) * row_bytes + kb : p.w_codes, w_ok);
+    }
+}
+
+// Issues the copies of K step `s` into `st`. Code pieces are 16 bytes when every row start is 16-byte
+// aligned (`wide`: k % 32 == 0), else 8 bytes (k % 16 == 0 makes rows 8-byte aligned).
+__device__ __forceinline__ void load_stage(Stage &st, const nvfp4_gemm_fp4_params &p, uint64_t m0, uint64_t n0,
+                                           uint64_t s, uint64_t k_tiles, bool wide) {
+    if (wide) {
+        load_codes<16>(st, p, m0, n0, s);
+    } else {
+        load_codes<8>(st, p, m0, n0, s);
+    }
+    // Scales: rows up to the tile's end are inside the 128-row padding of the swizzled layout, and K
+    // steps inside its 4-block column padding, so these copies need no bounds.
+    const int tid = threadIdx.x;
+    if (tid < BM) {
+        cp_async<4>(&st.sfa[tid], p.a_scales + swizzled_word(m0 + tid, s, k_tiles), true);
+    } else {
+        const int r = tid - BM;
+        cp_async<4>(&st.sfw[r], p.w_scales + swizzled_word(n0 + r, s, k_tiles), true);
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ void store(void *out, uint64_t i, float v);
+template <>
+__device__ __forceinline__ void store<float>(void *out, uint64_t i, float v) {
+    static_cast<float *>(out)[i] = v;
+}
+template <>
+__device__ __forceinline__ void store<__half>(void *out, uint64_t i, float v) {
+    static_cast<__half *>(out)[i] = __float2half_rn(v);
+}
+template <>
+__device__ __forceinline__ void store<__nv_bfloat16>(void *out, uint64_t i, float v) {
+    static_cast<__nv_bfloat16 *>(out)[i] = __float2bfloat16_rn(v);
+}
+
+template <typename T>
+__device__ __forceinline__ void epilogue(const nvfp4_gemm_fp4_params &p, const nvfp4_mma_acc (&acc)[2][4],
+                                         uint64_t row0, uint64_t col0) {
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const float alpha = __fmul_rn(*p.a_global_scale, *p.w_global_scale);
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+        for (int nt = 0; nt < 4; ++nt) {
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                const uint64_t row = row0 + mt * 16 + g + 8 * (i >> 1);
+                const uint64_t col = col0 + nt * 8 + 2 * t + (i & 1);
+                if (row < p.m && col < p.n) {
+                    float v = __fmul_rn(acc[mt][nt].d[i], alpha);
+                    if (p.bias) v = __fadd_rn(v, p.bias[col]);
+                    store<T>(p.out, row * p.n + col, v);
+                }
+            }
+        }
+    }
+}
+
+__device__ __forceinline__ void gemm_tile(const nvfp4_gemm_fp4_params &p, Stage (&stages)[STAGES]) {
+    const bool wide = p.k % 32 == 0;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int wm = (warp & 1) * 32, wn = (warp >> 1) * 32;
+    const uint64_t m0 = (uint64_t)blockIdx.x * BM, n0 = (uint64_t)blockIdx.y * BN;
+    const uint64_t steps = (p.k + KSTEP - 1) / KSTEP;  // = k_tiles of the swizzled layout
+    nvfp4_mma_acc acc[2][4];
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < 4; ++nt) acc[mt][nt] = nvfp4_mma_acc{{0.0f, 0.0f, 0.0f, 0.0f}};
+
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; ++s) {
+        if (s < steps) load_stage(stages[s], p, m0, n0, s, steps, wide);
+        cp_async_commit();
+    }
+    // ldmatrix addresses: lane l gives row l % 8 of matrix l / 8. A: matrices (rows 0-7, chunk 0),
+    // (rows 8-15, chunk 0), (rows 0-7, chunk 1), (rows 8-15, chunk 1) = a0..a3. W: (n 0-7, chunk 0),
+    // (n 0-7, chunk 1), (n 8-15, chunk 0), (n 8-15, chunk 1) = b0, b1 of two n8 tiles.
+    const int a_row = (lane & 7) + 8 * ((lane >> 3) & 1), a_chunk = lane >> 4;
+    const int w_row = (lane & 7) + 8 * (lane >> 4), w_chunk = (lane >> 3) & 1;
+    // The scale word this lane supplies (see the header comment: selectors tidA = mt, tidB = nt).
+    const int sfa_row = wm + 16 * (t >> 1) + g + 8 * (t & 1);
+    const int sfw_row = wn + 8 * t + g;
+
+#pragma unroll 1
+    for (uint64_t s = 0; s < steps; ++s) {
+        cp_async_wait<STAGES - 2>();
+        __syncthreads();  // step s is in; every warp is done with the slot refilled next
+        const uint64_t next = s + STAGES - 1;
+        if (next < steps) load_stage(stages[next % STAGES], p, m0, n0, next, steps, wide);
+        cp_async_commit();
+
+        const Stage &st = stages[s % STAGES];
+        uint32_t a[2][4], b[4][2];
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt) {
+            const int r = wm + mt * 16 + a_row;
+            ldmatrix_x4(a[mt][0], a[mt][1], a[mt][2], a[mt][3], st.a + chunk_offset(r, a_chunk));
+        }
+#pragma unroll
+        for (int np = 0; np < 2; ++np) {
+            const int r = wn + np * 16 + w_row;
+            ldmatrix_x4(b[2 * np][0], b[2 * np][1], b[2 * np + 1][0], b[2 * np + 1][1],
+                        st.w + chunk_offset(r, w_chunk));
+        }
+        const uint32_t sfa = st.sfa[sfa_row], sfw = st.sfw[sfw_row];
+#define NVFP4_MMA(mt, nt)                                                                               \
+    nvfp4_mma_m16n8k64<mt, nt>(acc[mt][nt], a[mt][0], a[mt][1], a[mt][2], a[mt][3], b[nt][0], b[nt][1], \
+                               sfa, sfw)
+        NVFP4_MMA(0, 0); NVFP4_MMA(0, 1); NVFP4_MMA(0, 2); NVFP4_MMA(0, 3);
+        NVFP4_MMA(1, 0); NVFP4_MMA(1, 1); NVFP4_MMA(1, 2); NVFP4_MMA(1, 3);
+#undef NVFP4_MMA
+    }
+    cp_async_wait<0>();
+
+    switch (p.out_dtype) {
+        case NVFP4_DTYPE_F32: epilogue<float>(p, acc, m0 + wm, n0 + wn); break;
+        case NVFP4_DTYPE_F16: epilogue<__half>(p, acc, m0 + wm, n0 + wn); break;
+        default: epilogue<__nv_bfloat16>(p, acc, m0 + wm, n0 + wn); break;
+    }
+}
+
+// The probe's MMA with runtime selectors mapped onto the instruction's immediates.
+__device__ __forceinline__ void probe_mma(int tid_a, int tid_b, nvfp4_mma_acc &acc, const uint32_t (&a)[4],
+                                          const uint32_t (&b)[2], uint32_t sfa, uint32_t sfb) {
+#define NVFP4_PROBE(ta, tb) \
+    case ta * 4 + tb: nvfp4_mma_m16n8k64<ta, tb>(acc, a[0], a[1], a[2], a[3], b[0], b[1], sfa, sfb); break
+    switch (tid_a * 4 + tid_b) {
+        NVFP4_PROBE(0, 0); NVFP4_PROBE(0, 1); NVFP4_PROBE(0, 2); NVFP4_PROBE(0, 3);
+        NVFP4_PROBE(1, 0); NVFP4_PROBE(1, 1); NVFP4_PROBE(1, 2); NVFP4_PROBE(1, 3);
+    }
+#undef NVFP4_PROBE
+}
+
+}  // namespace
+#endif  // NVFP4_MMA_AVAILABLE
+
+// 128 threads: the tiling above assumes exactly 4 warps.
+#ifndef NVFP4_GEMM_FP4_THREADS
+#define NVFP4_GEMM_FP4_THREADS 128
+#endif
+
+extern "C" __global__ void __launch_bounds__(NVFP4_GEMM_FP4_THREADS) nvfp4_gemm_fp4_sm120(nvfp4_gemm_fp4_params p) {
+#if NVFP4_MMA_AVAILABLE
+    __shared__ __align__(128) Stage stages[STAGES];
+    gemm_tile(p, stages);
+#else
+    __trap();  // no FP4 MMA on this target; the host never launches it here
+#endif
+}
+
+extern "C" __global__ void nvfp4_mma_probe_sm120(nvfp4_mma_probe_params p) {
+#if NVFP4_MMA_AVAILABLE
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const uint64_t warps = (uint64_t)gridDim.x * (blockDim.x >> 5);
+    const int tid_a = (int)p.tid_a, tid_b = (int)p.tid_b;
+    // Warp-uniform trip count: the instruction (and its shuffles) needs all 32 lanes.
+    for (uint64_t i = (uint64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); i < p.cases; i += warps) {
+        const uint8_t *a = p.a + i * 16 * 32, *b = p.b + i * 8 * 32;
+        uint32_t ar[4], br[2];
+        // Register r of A: row g + 8 (r & 1), codes k = 8t + 32 (r >> 1) .. +7 = bytes 4t + 16 (r >> 1).
+#pragma unroll
+        for (int r = 0; r < 4; ++r) ar[r] = *(const uint32_t *)(a + (g + 8 * (r & 1)) * 32 + 4 * t + 16 * (r >> 1));
+#pragma unroll
+        for (int r = 0; r < 2; ++r) br[r] = *(const uint32_t *)(b + g * 32 + 4 * t + 16 * r);
+        // Lane 4 (m % 8) + 2 tid_a + m / 8 supplies row m; lane 4n + tid_b column n; the rest hold NaN.
+        const uint32_t nan4 = 0x7F7F7F7Fu;
+        const uint32_t sfa = (t >> 1) == tid_a ? p.sfa[i * 16 + g + 8 * (t & 1)] : nan4;
+        const uint32_t sfb = t == tid_b ? p.sfb[i * 8 + g] : nan4;
+        nvfp4_mma_acc acc;
+#pragma unroll
+        for (int r = 0; r < 4; ++r) acc.d[r] = p.c[i * 128 + (g + 8 * (r >> 1)) * 8 + 2 * t + (r & 1)];
+        probe_mma(tid_a, tid_b, acc, ar, br, sfa, sfb);
+#pragma unroll
+        for (int r = 0; r < 4; ++r) p.d[i * 128 + (g + 8 * (r >> 1)) * 8 + 2 * t + (r & 1)] = acc.d[r];
+    }
+#else
+    __trap();
+#endif
+}
