@@ -9,9 +9,9 @@
 mod common;
 #[path = "gpu/gemm.rs"]
 mod gemm;
-#[path = "gpu/offload.rs"]
-mod offload;
 #[path = "gpu/gemm_fp4.rs"]
 mod gemm_fp4;
+#[path = "gpu/offload.rs"]
+mod offload;
 #[path = "gpu/quantize.rs"]
 mod quantize;

@@ -431,6 +431,10 @@ mod tests {
         assert_eq!(q.global_scale(), 0.0);
         assert!(q.scales().iter().all(|&b| b == 0x38));
         assert!(q.codes().iter().all(|&b| b == 0));
-        assert!(dequantize::<f32>(&q).iter().all(|&v| v == 0.0 && v.is_sign_positive()));
+        assert!(
+            dequantize::<f32>(&q)
+                .iter()
+                .all(|&v| v == 0.0 && v.is_sign_positive())
+        );
     }
 }

@@ -4,8 +4,8 @@
 mod bench;
 mod bench_gemm;
 mod bench_gpu;
-mod checkpoint_cmds;
 mod bench_offload;
+mod checkpoint_cmds;
 mod demo;
 mod stats;
 
