@@ -174,7 +174,7 @@ fn gpu_prefetch_stress_every_block_sees_its_own_bytes() {
     let seed = Rng::fresh_seed();
     let mut rng = Rng::new(seed);
     let _serial = MEMORY.lock().unwrap_or_else(|p| p.into_inner());
-    let configs = if under_sanitizer() { 6 } else { 40 };
+    let configs = if under_sanitizer() { 3 } else { 40 };
     for c in 0..configs {
         let n = 1 + (rng.next_u64() % 9) as usize;
         let blocks = random_model(&mut rng, n, if c % 5 == 0 { 1 << 20 } else { 50_000 });
@@ -381,6 +381,13 @@ fn gpu_prefetch_device_out_of_memory_is_typed_and_leaks_nothing() {
     let Some(dev) = device("gpu_prefetch_device_out_of_memory_is_typed_and_leaks_nothing") else {
         return;
     };
+    if under_sanitizer() {
+        // memcheck reports each refused allocation of the memory hog as an API error.
+        eprintln!(
+            "SKIPPED gpu_prefetch_device_out_of_memory_is_typed_and_leaks_nothing under compute-sanitizer"
+        );
+        return;
+    }
     let mut rng = Rng::new(Rng::fresh_seed());
     let blocks: Vec<HostBlock> = (0..3u64)
         .map(|i| HostBlock {

@@ -425,6 +425,17 @@ fn gpu_quantize_beyond_2_pow_32_elements() {
         })
         .collect();
     let stream = dev.new_stream().unwrap();
+    // Probe the allocation first: a memory checker's shadow memory can exhaust the device at this
+    // size, which is a visible skip, not a failure (the plain run on an 80 GB device needs ~13 GB).
+    match alloc_zeros::<u8>(&stream, "probe", need) {
+        Err(Error::OutOfMemory { bytes, .. }) => {
+            eprintln!(
+                "SKIPPED gpu_quantize_beyond_2_pow_32_elements: {bytes} bytes not available on the device"
+            );
+            return;
+        }
+        other => drop(other.unwrap()),
+    }
     check_quantize(
         &dev,
         &stream,
