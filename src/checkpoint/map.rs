@@ -20,6 +20,10 @@ pub(crate) fn map_read_only(path: &Path) -> Result<Mmap> {
     // CLI refuses an output path equal to an input). The residual risk is an external process
     // truncating or rewriting the checkpoint while we read it: documented, and the same contract every
     // safetensors loader (safetensors' own `load_file`, candle, PyTorch's `safe_open`) lives with.
-    let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+    let map = unsafe { memmap2::MmapOptions::new().map(&file) }.map_err(|e| Error::io(path, e))?;
+    // Every byte is read once, front to back: tell the kernel, so it reads ahead in large chunks and
+    // maps them with fewer faults.
+    #[cfg(unix)]
+    let _ = map.advise(memmap2::Advice::Sequential);
     Ok(map)
 }
