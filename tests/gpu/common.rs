@@ -19,9 +19,11 @@ pub fn device(test: &str) -> Option<Device> {
 }
 
 pub fn under_sanitizer() -> bool {
-    // compute-sanitizer injects its collector through the driver's injection hook.
-    std::env::var_os("CUDA_INJECTION64_PATH").is_some()
-        || std::env::var("LD_PRELOAD").is_ok_and(|v| v.contains("sanitizer"))
+    // What compute-sanitizer 2025.x (CUDA 13.0) puts in its target's environment, as seen on the
+    // device: its injection transport settings and its own folder on the loader path.
+    std::env::var_os("NV_SANITIZER_INJECTION_PORT_BASE").is_some()
+        || std::env::var("LD_LIBRARY_PATH").is_ok_and(|v| v.contains("compute-sanitizer"))
+        || std::env::var_os("CUDA_INJECTION64_PATH").is_some()
 }
 
 /// Random values mixing the shapes real tensors have: normal bulk, heavy tails, tiny values, exact

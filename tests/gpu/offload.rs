@@ -183,6 +183,7 @@ fn gpu_prefetch_stress_every_block_sees_its_own_bytes() {
             .map(|b| offload::checksum(&b.device_image().unwrap()))
             .collect();
         let working_set: usize = blocks.iter().map(|b| b.device_bytes().unwrap()).sum();
+        let sizes: Vec<usize> = blocks.iter().map(|b| b.device_bytes().unwrap()).collect();
         let cfg = PrefetchConfig {
             blocks_to_swap: (rng.next_u64() as usize) % (n + 1),
             depth: 1 + (rng.next_u64() % 4) as usize,
@@ -196,6 +197,7 @@ fn gpu_prefetch_stress_every_block_sees_its_own_bytes() {
             2 => working_set * 2 / 3,
             _ => working_set * 2,
         };
+        let expected_streamed_bytes: usize = sizes[..cfg.blocks_to_swap].iter().sum();
         let what = format!("seed {seed} config {c}: {n} blocks, {cfg:?}, pool cap {cap} of {working_set}");
         let pool = Arc::new(Pool::with_allocator(
             nvfp4::cuda::PinnedAllocator::new(dev.context(), nvfp4::cuda::PinnedFlags::Portable),
@@ -207,7 +209,10 @@ fn gpu_prefetch_stress_every_block_sees_its_own_bytes() {
         run_and_check(&dev, &mut pf, &expected, passes, &what);
         let st = pool.stats();
         assert!(st.bytes_pinned <= cap, "{what}: pool over its cap: {st:?}");
-        if cap < working_set / 2 && cfg.blocks_to_swap > cfg.depth {
+        // The pool stages only the streamed blocks (the first `blocks_to_swap`): it must evict or
+        // fall back exactly when their bytes exceed its cap.
+        let streamed: usize = expected_streamed_bytes;
+        if cap < streamed && cfg.blocks_to_swap > cfg.depth {
             assert!(
                 st.evictions + st.fallbacks > 0,
                 "{what}: a small pool neither evicted nor fell back: {st:?}"
