@@ -46,14 +46,7 @@ impl DeviceNvfp4 {
     ) -> Result<Self> {
         let shape = [rows, cols];
         element_count(name, &shape)?;
-        if cols % BLOCK != 0 && !opts.pad_k {
-            return Err(Error::shape(
-                name,
-                &shape,
-                "the last dimension (K) must be a multiple of 16 (or quantize with pad_k)",
-            ));
-        }
-        let cols_padded = padded_k(name, rows, cols)?;
+        let cols_padded = padded_k(name, rows, cols, opts.pad_k)?;
         Ok(DeviceNvfp4 {
             rows,
             cols,
@@ -94,6 +87,18 @@ impl DeviceNvfp4 {
             global_scale: download(stream, "global scale", &self.global_scale)?[0],
         };
         Ok(t)
+    }
+
+    /// Views of the tensor's buffers (for ops that also take streamed weights).
+    pub fn view(&self) -> Nvfp4View<'_> {
+        Nvfp4View {
+            rows: self.rows,
+            cols: self.cols_padded,
+            scale_layout: self.scale_layout,
+            codes: self.codes.as_view(),
+            scales: self.scales.as_view(),
+            global_scale: self.global_scale.as_view(),
+        }
     }
 
     /// `[rows, cols]`.
@@ -265,17 +270,7 @@ pub fn dequantize<T: GpuElement>(
             "K must be a multiple of 16 on the GPU",
         ));
     }
-    launch::dequantize(
-        dev,
-        stream,
-        t.rows,
-        t.cols,
-        &t.codes,
-        &t.scales,
-        t.scale_layout,
-        &t.global_scale,
-        out,
-    )
+    dequantize_view(dev, stream, &t.view(), out)
 }
 
 /// An NVFP4 tensor inside someone else's device memory (a streamed weight slot): views of its codes,

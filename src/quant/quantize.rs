@@ -132,9 +132,16 @@ fn abs_bits(x: f32) -> i32 {
 
 const INF_BITS: i32 = 0x7F80_0000;
 
-/// K rounded up to a multiple of 16, or [`Error::ShapeOverflow`] when that (or the padded tensor)
-/// does not fit in `usize`.
-pub(crate) fn padded_k(name: &str, rows: usize, cols: usize) -> Result<usize> {
+/// K rounded up to a multiple of 16: [`Error::Shape`] when K is not a multiple of 16 and padding is
+/// off, [`Error::ShapeOverflow`] when the padded tensor does not fit in `usize`.
+pub(crate) fn padded_k(name: &str, rows: usize, cols: usize, pad_k: bool) -> Result<usize> {
+    if cols % BLOCK != 0 && !pad_k {
+        return Err(Error::shape(
+            name,
+            &[rows, cols],
+            "the last dimension (K) must be a multiple of 16 (or quantize with pad_k)",
+        ));
+    }
     let overflow = || Error::ShapeOverflow {
         name: name.to_string(),
         shape: vec![rows, cols],
@@ -274,14 +281,7 @@ pub fn quantize<T: Element>(
     if data.len() != n {
         return Err(Error::length(name, &shape, n, data.len()));
     }
-    if cols % BLOCK != 0 && !opts.pad_k {
-        return Err(Error::shape(
-            name,
-            &shape,
-            "the last dimension (K) must be a multiple of 16 (or quantize with pad_k)",
-        ));
-    }
-    let cols_padded = padded_k(name, rows, cols)?;
+    let cols_padded = padded_k(name, rows, cols, opts.pad_k)?;
 
     let (m, first_bad) = amax(data);
     if let (NonFinite::Error, Some(index)) = (opts.non_finite, first_bad) {
