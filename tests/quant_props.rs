@@ -6,7 +6,7 @@
 
 use half::{bf16, f16};
 use nvfp4::Error;
-use nvfp4::format::{Element, ScaleLayout, ZeroSign};
+use nvfp4::format::{Element, Overflow, ScaleLayout, ZeroSign};
 use nvfp4::quant::{
     GlobalScale, GlobalScaleRule, NonFinite, Nvfp4Tensor, QuantizeOptions, dequantize, dequantize_into,
     quantize,
@@ -15,70 +15,13 @@ use nvfp4::reference::synthetic::Rng;
 use proptest::prelude::*;
 
 // ------------------------------------------------------------------------------------------------
-// Slow references for the two roundings (the same definitions as tests/format_exhaustive.rs, which
-// checks them exhaustively against the crate's codecs).
+// Slow references for the two roundings (tests/support/slow_codecs.rs, which
+// tests/format_exhaustive.rs checks exhaustively against the crate's codecs).
 // ------------------------------------------------------------------------------------------------
 
-const E2M1_MAGS: [f64; 8] = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0];
-
-fn e4m3_def(b: u8) -> f64 {
-    let (s, e, m) = (b >> 7, (b >> 3) & 0xF, b & 7);
-    if e == 0xF && m == 7 {
-        return f64::NAN;
-    }
-    let mag = if e == 0 {
-        f64::from(m) * 2f64.powi(-9)
-    } else {
-        (1.0 + f64::from(m) / 8.0) * 2f64.powi(i32::from(e) - 7)
-    };
-    if s == 1 { -mag } else { mag }
-}
-
-fn nearest_even(a: f64, candidates: &[f64]) -> usize {
-    let (mut best, mut best_d) = (0, f64::INFINITY);
-    for (i, &v) in candidates.iter().enumerate() {
-        let d = (a - v).abs();
-        if d < best_d || (d == best_d && i % 2 == 0) {
-            best = i;
-            best_d = d;
-        }
-    }
-    best
-}
-
-fn e2m1_ref(x: f32, zs: ZeroSign) -> u8 {
-    if x.is_nan() {
-        return 0x7;
-    }
-    let a = f64::from(x.abs());
-    let mag = if a > 6.0 {
-        7
-    } else {
-        nearest_even(a, &E2M1_MAGS) as u8
-    };
-    let negative = match zs {
-        ZeroSign::Hardware => x.is_sign_negative(),
-        ZeroSign::ModelOpt => x < 0.0,
-    };
-    mag | if negative { 0x8 } else { 0 }
-}
-
-/// `torch.Tensor.to(float8_e4m3fn)`: nearest even, |x| > 464 and Inf -> NaN with the sign, NaN kept.
-fn e4m3_nonsat_ref(x: f32, mags: &[f64]) -> u8 {
-    let sign = if x.is_sign_negative() { 0x80 } else { 0 };
-    let a = f64::from(x.abs());
-    if x.is_nan() || a > 464.0 {
-        0x7F | sign
-    } else if a > 448.0 {
-        0x7E | sign
-    } else {
-        nearest_even(a, mags) as u8 | sign
-    }
-}
-
-fn e4m3_mags() -> Vec<f64> {
-    (0u8..=0x7E).map(e4m3_def).collect()
-}
+#[path = "support/slow_codecs.rs"]
+mod slow_codecs;
+use slow_codecs::{e2m1_ref, e4m3_def, e4m3_mags, e4m3_ref};
 
 // ------------------------------------------------------------------------------------------------
 // §0.5 re-implemented.
@@ -138,7 +81,7 @@ fn reference_quantize(x: &[f32], rows: usize, cols: usize, opts: &QuantizeOption
             // The crate caps scales at 448 with or without the clamp (ModelOpt's formula would write
             // a NaN byte where a given global scale is too small).
             s = s.min(448.0);
-            let sf = e4m3_nonsat_ref(s, &mags);
+            let sf = e4m3_ref(f64::from(s), Overflow::NonSaturating, &mags);
             if sf & 0x7F == 0x7F {
                 return None;
             }
@@ -146,7 +89,7 @@ fn reference_quantize(x: &[f32], rows: usize, cols: usize, opts: &QuantizeOption
             let d = e4m3_def(sf) as f32 * s2;
             for (j, &v) in block.iter().enumerate() {
                 let y = if v == 0.0 { v } else { v / d };
-                let q = e2m1_ref(y, opts.zero_sign);
+                let q = e2m1_ref(f64::from(y), opts.zero_sign);
                 let byte = &mut codes[(r * cols + b * 16 + j) / 2];
                 *byte |= if j % 2 == 0 { q } else { q << 4 };
             }
