@@ -207,10 +207,19 @@ pub fn quantize_into<T: GpuElement>(
         let index = download(stream, "first non-finite index", &out.first_nonfinite)?[0];
         if index != u64::MAX {
             let index = index as usize;
-            let value = download(stream, name, x)?
-                .get(index)
-                .map(|v| v.to_f32())
-                .unwrap_or(f32::NAN);
+            // Only the offending element comes back, not the tensor.
+            let value = if index < x.len() {
+                let mut one = [T::default()];
+                stream
+                    .memcpy_dtoh(&x.slice(index..index + 1), &mut one)
+                    .and_then(|_| stream.synchronize())
+                    .map_err(crate::cuda::cuda_err(format!(
+                        "reading element {index} of `{name}`"
+                    )))?;
+                one[0].to_f32()
+            } else {
+                f32::NAN
+            };
             return Err(Error::NonFinite {
                 name: name.to_string(),
                 shape: shape.to_vec(),
