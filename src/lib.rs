@@ -7,6 +7,7 @@
 //! - [`quant`]: [`Nvfp4Tensor`] and the bit-exact CPU quantizer/dequantizer (ModelOpt's formula).
 //! - [`reference`]: f64-accumulated GEMMs, the specification every GPU GEMM is tested against.
 //! - [`cuda`] and [`ops`]: the GPU side (kernels embedded at build time, loaded through cudarc).
+//! - [`diag`]: a self-test and measurements of this machine (`nvfp4 diag`).
 //!
 //! ```
 //! use nvfp4::quant::{quantize, dequantize, QuantizeOptions};
@@ -18,6 +19,7 @@
 
 pub mod checkpoint;
 pub mod cuda;
+pub mod diag;
 pub mod error;
 pub mod format;
 pub mod offload;

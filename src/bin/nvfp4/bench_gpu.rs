@@ -1,11 +1,9 @@
 //! GPU benchmarks: every figure beside a baseline measured in the same process on the same device.
 
-use std::sync::Arc;
-
 use anyhow::Context;
-use cudarc::driver::{CudaSlice, CudaStream};
+use cudarc::driver::CudaSlice;
 use half::bf16;
-use nvfp4::cuda::{Device, GpuTimer, PinnedBuffer, PinnedFlags, alloc_zeros, upload};
+use nvfp4::cuda::{Device, PinnedBuffer, PinnedFlags, alloc_zeros, upload};
 use nvfp4::format::ScaleLayout;
 use nvfp4::ops::{self, DeviceNvfp4};
 use nvfp4::quant::{GlobalScale, NonFinite, QuantizeOptions};
@@ -28,18 +26,15 @@ fn parse_shapes(s: &str) -> anyhow::Result<Vec<(usize, usize)>> {
         .collect()
 }
 
-/// Mean milliseconds of `reps` runs of `f` on `stream` (after one warm-up), timed with events.
+use nvfp4::diag::{HostMemory, copy_bandwidth};
+
+/// Mean milliseconds of `reps` runs of `f` (after one warm-up): [`nvfp4::diag::time_ms`].
 fn time_ms(
-    stream: &Arc<CudaStream>,
+    stream: &std::sync::Arc<cudarc::driver::CudaStream>,
     reps: usize,
-    mut f: impl FnMut() -> anyhow::Result<()>,
+    f: impl FnMut() -> anyhow::Result<()>,
 ) -> anyhow::Result<f64> {
-    f()?;
-    let t = GpuTimer::start(stream)?;
-    for _ in 0..reps {
-        f()?;
-    }
-    Ok(t.stop_ms(stream)? as f64 / reps as f64)
+    nvfp4::diag::time_ms(stream, reps, f)
 }
 
 pub fn open(ordinal: usize) -> anyhow::Result<Device> {
@@ -131,28 +126,19 @@ pub fn pinned(a: &PinnedArgs) -> anyhow::Result<()> {
     let dev = open(a.device)?;
     let stream = dev.new_stream()?;
     let bytes = a.mib << 20;
-    let mut d: CudaSlice<u8> = alloc_zeros(&stream, "device buffer", bytes)?;
     println!(
         "host<->device copies of {} MiB, mean of {} (CUDA events)",
         a.mib, a.reps
     );
-    let mut pageable = vec![1u8; bytes];
-    let t_h2d = time_ms(&stream, a.reps, || Ok(stream.memcpy_htod(&pageable, &mut d)?))?;
-    let t_d2h = time_ms(&stream, a.reps, || Ok(stream.memcpy_dtoh(&d, &mut pageable)?))?;
-    let gbs = |ms: f64| bytes as f64 / (ms * 1e-3) / 1e9;
-    println!(
-        "  pageable (Vec<u8>)       H2D {:6.1} GB/s   D2H {:6.1} GB/s",
-        gbs(t_h2d),
-        gbs(t_d2h)
-    );
+    let (h2d, d2h) = copy_bandwidth(&dev, &stream, bytes, a.reps, HostMemory::Pageable)?;
+    println!("  pageable (Vec<u8>)       H2D {h2d:6.1} GB/s   D2H {d2h:6.1} GB/s");
     for flags in [
         PinnedFlags::Default,
         PinnedFlags::Portable,
         PinnedFlags::WriteCombined,
     ] {
-        let mut p = PinnedBuffer::new(dev.context(), bytes, flags)?;
-        let t_h2d = time_ms(&stream, a.reps, || Ok(stream.memcpy_htod(p.as_slice(), &mut d)?))?;
-        let t_d2h = time_ms(&stream, a.reps, || Ok(stream.memcpy_dtoh(&d, p.as_mut_slice())?))?;
+        let (h2d, d2h) = copy_bandwidth(&dev, &stream, bytes, a.reps, HostMemory::Pinned(flags))?;
+        let p = PinnedBuffer::new(dev.context(), bytes, flags)?;
         // Host-side read of the buffer: write-combined memory is uncached, which a stager pays for.
         let t0 = std::time::Instant::now();
         let sum: u64 = p.as_slice().iter().step_by(64).map(|&b| b as u64).sum();
@@ -161,8 +147,8 @@ pub fn pinned(a: &PinnedArgs) -> anyhow::Result<()> {
         println!(
             "  pinned {:<17} H2D {:6.1} GB/s   D2H {:6.1} GB/s   host read (1 byte per line) {:6.1} GB/s",
             format!("{flags:?}"),
-            gbs(t_h2d),
-            gbs(t_d2h),
+            h2d,
+            d2h,
             host_read
         );
     }

@@ -7,6 +7,7 @@ mod bench_gpu;
 mod bench_offload;
 mod checkpoint_cmds;
 mod demo;
+mod diag;
 mod stats;
 
 use clap::{Parser, Subcommand};
@@ -23,6 +24,8 @@ struct Cli {
 enum Command {
     /// Quantize a synthetic transformer layer and report NVFP4's error and the crate's throughput.
     Demo(demo::DemoArgs),
+    /// Check this machine: system, kernel self-test, transfers, overlap, IO vs compute for a model.
+    Diag(diag::DiagArgs),
     /// Measure throughput against a baseline measured in the same run.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -40,6 +43,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Demo(args) => demo::run(&args),
+        Command::Diag(a) => diag::run(&a),
         Command::Bench(cmd) => bench::run(&cmd),
         Command::Quantize(a) => checkpoint_cmds::quantize(&a),
         Command::Inspect(a) => checkpoint_cmds::inspect(&a),
