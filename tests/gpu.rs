@@ -7,6 +7,8 @@
 
 #[path = "gpu/common.rs"]
 mod common;
+#[path = "gpu/diag.rs"]
+mod diag;
 #[path = "gpu/gemm.rs"]
 mod gemm;
 #[path = "gpu/gemm_fp4.rs"]
