@@ -1,139 +1,292 @@
-//! `nvfp4 demo`: one transformer-sized layer through NVFP4, end to end, with the error it costs and
-//! the throughput the crate reaches on this machine.
+//! `nvfp4 demo`: a small seeded transformer (residual MLP blocks) quantized to NVFP4, run block by
+//! block on the GPU when there is one (each block's weights uploaded as it comes, the W4A16 GEMMs on
+//! the device) or on the CPU otherwise, and compared with the bf16 reference.
 
-use anyhow::Context;
+use std::time::Instant;
+
 use clap::Args;
 use half::bf16;
-use indicatif::{ProgressBar, ProgressStyle};
-use nvfp4::quant::{self, GlobalScale, QuantizeOptions};
-use nvfp4::reference::{self, synthetic::Rng};
+use nvfp4::quant::{self, Nvfp4Tensor, QuantizeOptions};
+use nvfp4::reference::synthetic::Rng;
+use rayon::prelude::*;
 
-use crate::stats::{ErrorStats, median_secs};
+use crate::stats::ErrorStats;
 
-/// Shape and seed of the synthetic layer.
+/// Shape and seed of the synthetic transformer.
 #[derive(Args)]
 pub struct DemoArgs {
-    /// Tokens (rows of the activation).
+    /// Transformer blocks.
+    #[arg(long, default_value_t = 4)]
+    pub blocks: usize,
+    /// Hidden size (a multiple of 16; the MLP is 4x wider).
     #[arg(long, default_value_t = 256)]
-    pub m: usize,
-    /// Output features (rows of the weight).
-    #[arg(long, default_value_t = 3072)]
-    pub n: usize,
-    /// Input features (the reduction length; SeedVR2-7B's hidden size is 3072).
-    #[arg(long, default_value_t = 3072)]
-    pub k: usize,
-    /// Seed of the synthetic weights and activations (printed, so a run can be replayed).
+    pub hidden: usize,
+    /// Tokens (rows of the activations).
+    #[arg(long, default_value_t = 32)]
+    pub tokens: usize,
+    /// Seed of the weights and inputs (printed, so a run can be replayed).
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Run on the CPU even when a GPU is present.
     #[arg(long)]
-    pub seed: Option<u64>,
+    pub cpu: bool,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
-fn to_bf16(v: &[f32]) -> Vec<bf16> {
-    v.iter().map(|&x| bf16::from_f32(x)).collect()
+struct Block {
+    up: (Vec<bf16>, Nvfp4Tensor),
+    down: (Vec<bf16>, Nvfp4Tensor),
+}
+
+fn round_bf16(v: &mut [f32]) {
+    for x in v {
+        *x = bf16::from_f32(*x).to_f32();
+    }
+}
+
+/// `x[m, k] · w[n, k]^T` in f32.
+fn matmul(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; m * n];
+    out.par_chunks_mut(n).enumerate().for_each(|(r, o)| {
+        let xr = &x[r * k..(r + 1) * k];
+        for (j, oj) in o.iter_mut().enumerate() {
+            *oj = xr.iter().zip(&w[j * k..(j + 1) * k]).map(|(a, b)| a * b).sum();
+        }
+    });
+    let _ = m;
+    out
+}
+
+fn rms_norm(x: &[f32], d: usize) -> Vec<f32> {
+    x.chunks(d)
+        .flat_map(|r| {
+            let s = (r.iter().map(|v| v * v).sum::<f32>() / d as f32 + 1e-6).sqrt();
+            r.iter().map(move |v| v / s)
+        })
+        .collect()
+}
+
+fn gelu(v: &mut [f32]) {
+    for x in v {
+        *x = 0.5 * *x * (1.0 + (0.797_884_6 * (*x + 0.044_715 * *x * *x * *x)).tanh());
+    }
+}
+
+/// One forward pass; `linear(block, which, input_bf16_rounded, rows)` computes a layer.
+fn forward(
+    x0: &[f32],
+    blocks: usize,
+    d: usize,
+    m: usize,
+    mut linear: impl FnMut(usize, bool, &[f32]) -> anyhow::Result<Vec<f32>>,
+) -> anyhow::Result<Vec<f32>> {
+    let mut x = x0.to_vec();
+    for b in 0..blocks {
+        let mut h = rms_norm(&x, d);
+        round_bf16(&mut h);
+        let mut u = linear(b, true, &h)?;
+        gelu(&mut u);
+        round_bf16(&mut u);
+        let y = linear(b, false, &u)?;
+        for (xi, yi) in x.iter_mut().zip(&y) {
+            *xi += yi;
+        }
+    }
+    let _ = m;
+    Ok(x)
+}
+
+struct GpuRun {
+    out: Vec<f32>,
+    ms: f64,
+    device: String,
+    kernels: Vec<String>,
+}
+
+fn run_gpu(blocks: &[Block], x0: &[f32], d: usize, m: usize) -> anyhow::Result<GpuRun> {
+    use nvfp4::cuda::{Device, alloc_zeros, download, upload};
+    use nvfp4::format::Dtype;
+    use nvfp4::ops::{DeviceNvfp4, GemmPlan, GemmSpec};
+    let dev = Device::new(0)?;
+    anyhow::ensure!(dev.has_kernels(), "this build or GPU has no nvfp4 kernels");
+    let s = dev.new_stream()?;
+    let mut kernels = Vec::new();
+    let mut plans = Vec::new();
+    for (n, k) in [(4 * d, d), (d, 4 * d)] {
+        let spec = GemmSpec {
+            out: Dtype::F32,
+            ..GemmSpec::w4a16(m, n, k)
+        };
+        let p = GemmPlan::new(&dev, &s, &spec)?;
+        kernels.push(p.explain().to_string());
+        plans.push(p);
+    }
+    let t0 = Instant::now();
+    // Each block's NVFP4 weights go up when the block runs (streamed, one block resident at a time).
+    let mut resident: Option<(usize, DeviceNvfp4, DeviceNvfp4)> = None;
+    let out = forward(x0, blocks.len(), d, m, |b, up, h| {
+        if resident.as_ref().is_none_or(|r| r.0 != b) {
+            resident = Some((
+                b,
+                DeviceNvfp4::upload(&s, &blocks[b].up.1)?,
+                DeviceNvfp4::upload(&s, &blocks[b].down.1)?,
+            ));
+        }
+        let Some((_, wu, wd)) = resident.as_ref() else {
+            anyhow::bail!("block {b} not resident");
+        };
+        let (w, plan, n) = if up {
+            (wu, &mut plans[0], 4 * d)
+        } else {
+            (wd, &mut plans[1], d)
+        };
+        let a: Vec<bf16> = h.iter().map(|&v| bf16::from_f32(v)).collect();
+        let da = upload(&s, "activations", &a)?;
+        let mut o = alloc_zeros::<f32>(&s, "out", m * n)?;
+        plan.w4a16(&dev, &s, &da, w, None, &mut o)?;
+        Ok(download(&s, "out", &o)?)
+    })?;
+    Ok(GpuRun {
+        out,
+        ms: t0.elapsed().as_secs_f64() * 1e3,
+        device: format!("{} ({})", dev.info().name, dev.info().arch()),
+        kernels,
+    })
 }
 
 pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
-    let (m, n, k) = (args.m, args.n, args.k);
-    anyhow::ensure!(m > 0 && n > 0 && k > 0, "--m, --n and --k must be positive");
+    let (nb, d, m) = (args.blocks, args.hidden, args.tokens);
     anyhow::ensure!(
-        k % 16 == 0,
-        "--k must be a multiple of 16 (NVFP4 blocks are 16 wide), got {k}"
+        nb > 0 && d > 0 && m > 0,
+        "--blocks, --hidden and --tokens must be positive"
     );
-    let seed = args.seed.unwrap_or_else(Rng::fresh_seed);
-    println!("nvfp4 demo: layer A[{m}, {k}] x W[{n}, {k}]^T, bf16 inputs, seed {seed}");
-    let pb = ProgressBar::new(6).with_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
-            .context("progress bar template")?,
+    anyhow::ensure!(
+        d % 16 == 0,
+        "--hidden must be a multiple of 16 (NVFP4 blocks), got {d}"
     );
-
-    pb.set_message("synthetic weights and activations");
-    let mut rng = Rng::new(seed);
-    // Weights ~ N(0, 1/k) like an initialized linear layer, with a few large outliers as trained
-    // transformers have; activations ~ N(0, 1) with heavier channels.
-    let mut w = rng.normal_vec(n * k, (1.0 / k as f32).sqrt());
-    for _ in 0..(n * k / 4096).max(1) {
-        let i = (rng.next_u64() % (n * k) as u64) as usize;
-        w[i] *= 20.0;
+    let mut rng = Rng::new(args.seed);
+    let t0 = Instant::now();
+    let mut blocks = Vec::new();
+    for b in 0..nb {
+        let mut layer = |n: usize, k: usize, name: String| -> anyhow::Result<(Vec<bf16>, Nvfp4Tensor)> {
+            let mut w = rng.normal_vec(n * k, (1.0 / k as f32).sqrt());
+            for _ in 0..(n * k / 4096).max(1) {
+                let i = (rng.next_u64() % (n * k) as u64) as usize;
+                w[i] *= 10.0;
+            }
+            let wb: Vec<bf16> = w.iter().map(|&x| bf16::from_f32(x)).collect();
+            let q = quant::quantize(&name, &wb, n, k, &QuantizeOptions::default())?;
+            Ok((wb, q))
+        };
+        blocks.push(Block {
+            up: layer(4 * d, d, format!("blocks.{b}.mlp.up"))?,
+            down: layer(d, 4 * d, format!("blocks.{b}.mlp.down"))?,
+        });
     }
-    let mut a = rng.normal_vec(m * k, 1.0);
-    for c in 0..k.min(8) {
-        let ch = (rng.next_u64() % k as u64) as usize;
-        for r in 0..m {
-            a[r * k + ch] *= 10.0 + c as f32;
+    let quantize_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let x0 = rng.normal_vec(m * d, 1.0);
+
+    let ref_w: Vec<[Vec<f32>; 2]> = blocks
+        .iter()
+        .map(|b| [&b.up.0, &b.down.0].map(|w| w.iter().map(|x| x.to_f32()).collect()))
+        .collect();
+    let t = Instant::now();
+    let reference = forward(&x0, nb, d, m, |b, up, h| {
+        let (n, k) = if up { (4 * d, d) } else { (d, 4 * d) };
+        Ok(matmul(h, &ref_w[b][usize::from(!up)], m, n, k))
+    })?;
+    let ref_ms = t.elapsed().as_secs_f64() * 1e3;
+
+    let (backend, out, ms, device, kernels, gpu_error) = {
+        let gpu = if args.cpu {
+            Err(anyhow::anyhow!("--cpu given"))
+        } else {
+            run_gpu(&blocks, &x0, d, m)
+        };
+        match gpu {
+            Ok(g) => ("gpu", g.out, g.ms, g.device, g.kernels, None),
+            Err(e) => {
+                let deq: Vec<[Vec<f32>; 2]> = blocks
+                    .iter()
+                    .map(|b| {
+                        [
+                            quant::dequantize::<f32>(&b.up.1),
+                            quant::dequantize::<f32>(&b.down.1),
+                        ]
+                    })
+                    .collect();
+                let t = Instant::now();
+                let out = forward(&x0, nb, d, m, |b, up, h| {
+                    let (n, k) = if up { (4 * d, d) } else { (d, 4 * d) };
+                    Ok(matmul(h, &deq[b][usize::from(!up)], m, n, k))
+                })?;
+                let ms = t.elapsed().as_secs_f64() * 1e3;
+                (
+                    "cpu",
+                    out,
+                    ms,
+                    format!("CPU ({} threads)", rayon::current_num_threads()),
+                    vec!["CPU dequantize + f32 GEMM (rayon)".to_string()],
+                    Some(e.to_string()),
+                )
+            }
         }
-    }
-    let (w, a) = (to_bf16(&w), to_bf16(&a));
-    pb.inc(1);
-
-    pb.set_message("quantize W and A (CPU)");
-    let wq = quant::quantize("W", &w, n, k, &QuantizeOptions::default())?;
-    let (a_amax, _) = quant::amax(&a);
-    let input_scale = quant::global_scale_from_amax(a_amax, Default::default());
-    let a_opts = QuantizeOptions {
-        global_scale: GlobalScale::Given(input_scale),
-        ..Default::default()
     };
-    let aq = quant::quantize("A", &a, m, k, &a_opts)?;
-    pb.inc(1);
-
-    pb.set_message("reference GEMMs (f64)");
-    let exact = reference::gemm_f32(&a, &w, m, n, k)?;
-    pb.inc(1);
-    let w4a16 = reference::gemm_w4a16(&a, m, &wq)?;
-    pb.inc(1);
-    let w4a4 = reference::gemm_w4a4(&aq, &wq)?;
-    pb.inc(1);
-
-    pb.set_message("CPU throughput");
-    let reps = 5;
-    let tq = median_secs(reps, || {
-        let _ = quant::quantize("W", &w, n, k, &QuantizeOptions::default());
-    });
-    let mut out = vec![bf16::ZERO; n * k];
-    let td = median_secs(reps, || {
-        let _ = quant::dequantize_into(&wq, &mut out);
-    });
-    pb.finish_and_clear();
-
-    let wd: Vec<f32> = quant::dequantize(&wq);
-    let bytes_bf16 = (n * k * 2) as f64;
-    println!();
+    let err = ErrorStats::new(out.iter().map(|&v| v as f64), reference.iter().map(|&v| v as f64));
+    let bf16_bytes: usize = blocks.iter().map(|b| (b.up.0.len() + b.down.0.len()) * 2).sum();
+    let nvfp4_bytes: usize = blocks
+        .iter()
+        .map(|b| b.up.1.size_bytes() + b.down.1.size_bytes())
+        .sum();
+    let params = bf16_bytes / 2;
+    if args.json {
+        let v = serde_json::json!({
+            "seed": args.seed,
+            "blocks": nb,
+            "hidden": d,
+            "tokens": m,
+            "params": params,
+            "backend": backend,
+            "device": device,
+            "gpu_unavailable_reason": gpu_error,
+            "kernels": kernels,
+            "snr_db": if err.snr_db.is_finite() { Some(err.snr_db) } else { None },
+            "rel_rmse": err.rel_rmse,
+            "max_abs_err": err.max_abs,
+            "bf16_bytes": bf16_bytes,
+            "nvfp4_bytes": nvfp4_bytes,
+            "memory_saved": 1.0 - nvfp4_bytes as f64 / bf16_bytes as f64,
+            "quantize_ms": quantize_ms,
+            "reference_ms": ref_ms,
+            "nvfp4_ms": ms,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
     println!(
-        "weights  W  [{n}, {k}]: {:.2} MiB bf16 -> {:.2} MiB NVFP4 ({:.3} bits/weight)",
-        bytes_bf16 / 1048576.0,
-        wq.size_bytes() as f64 / 1048576.0,
-        wq.size_bytes() as f64 * 8.0 / (n * k) as f64
+        "nvfp4 demo: {nb} residual MLP blocks, hidden {d} (MLP {}), {m} tokens, {params} weights, seed {}",
+        4 * d,
+        args.seed
+    );
+    if let Some(e) = &gpu_error {
+        println!("  GPU not used: {e}");
+    }
+    println!("  ran on      {device} [{backend}]");
+    for k in &kernels {
+        println!("  kernel      {k}");
+    }
+    println!("  accuracy    NVFP4 output vs bf16 reference: {err}");
+    println!(
+        "  memory      {:.2} MiB bf16 -> {:.2} MiB NVFP4 ({:.1}% saved, {:.3} bits/weight)",
+        bf16_bytes as f64 / 1048576.0,
+        nvfp4_bytes as f64 / 1048576.0,
+        100.0 * (1.0 - nvfp4_bytes as f64 / bf16_bytes as f64),
+        nvfp4_bytes as f64 * 8.0 / params as f64
     );
     println!(
-        "  global scale {:e} (amax / 2688), input_scale of A {:e}",
-        wq.global_scale(),
-        input_scale
-    );
-    println!(
-        "  W quantization        {}",
-        ErrorStats::new(wd.iter().map(|&x| x as f64), w.iter().map(|x| x.to_f64()))
-    );
-    println!("GEMM outputs vs the bf16 GEMM (f64-accumulated references):");
-    println!(
-        "  W4A16 (NVFP4 W, bf16 A)  {}",
-        ErrorStats::new(w4a16.values.iter().copied(), exact.values.iter().copied())
-    );
-    println!(
-        "  W4A4  (NVFP4 W and A)    {}",
-        ErrorStats::new(w4a4.values.iter().copied(), exact.values.iter().copied())
-    );
-    println!(
-        "CPU ({} threads), median of {reps}:",
-        rayon::current_num_threads()
-    );
-    println!(
-        "  quantize   bf16 -> NVFP4  {:7.2} ms  {:6.2} GB/s of bf16 input",
-        tq * 1e3,
-        bytes_bf16 / tq / 1e9
-    );
-    println!(
-        "  dequantize NVFP4 -> bf16  {:7.2} ms  {:6.2} GB/s of bf16 output",
-        td * 1e3,
-        bytes_bf16 / td / 1e9
+        "  time        quantize {quantize_ms:.1} ms (CPU), bf16 reference forward {ref_ms:.1} ms (CPU), NVFP4 forward {ms:.1} ms ({backend})"
     );
     Ok(())
 }
