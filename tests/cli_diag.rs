@@ -154,3 +154,41 @@ fn diag_vram_budget_sets_blocks_to_swap() {
     assert!((36 - swap + depth) * bb <= 2_000_000_000, "{d}");
     assert!((36 - swap + 1 + depth) * bb > 2_000_000_000, "{d}");
 }
+
+#[test]
+fn demo_json_has_every_key() {
+    let (rc, v) = nvfp4(
+        &[
+            "demo", "--json", "--blocks", "2", "--hidden", "64", "--tokens", "8",
+        ],
+        &[],
+    );
+    assert_eq!(rc, 0, "{v}");
+    has(
+        &v,
+        &[
+            "seed",
+            "blocks",
+            "hidden",
+            "tokens",
+            "params",
+            "backend",
+            "device",
+            "gpu_unavailable_reason",
+            "kernels",
+            "snr_db",
+            "rel_rmse",
+            "max_abs_err",
+            "bf16_bytes",
+            "nvfp4_bytes",
+            "memory_saved",
+            "quantize_ms",
+            "reference_ms",
+            "nvfp4_ms",
+        ],
+        "demo",
+    );
+    // NVFP4 costs accuracy but keeps the signal: well above 10 dB on this seeded model.
+    assert!(v["snr_db"].as_f64().expect("snr") > 10.0, "{v}");
+    assert!(v["memory_saved"].as_f64().expect("saved") > 0.7, "{v}");
+}
