@@ -399,12 +399,10 @@ fn system(dev: &Device, r: &mut DiagReport) {
             .unwrap_or_else(|| "unknown".into()),
     );
     s.pcie_link = Some(pcie_link(dev).unwrap_or_else(|| "unknown".into()));
-    let (maj, min) = i.compute_capability;
-    let arch = format!("{maj}{min}");
-    let native = s.fatbin_targets.iter().any(|t| {
-        let t = t.trim_start_matches("sm_").trim_start_matches("compute_");
-        t.trim_end_matches(['a', 'f']) == arch || (t.ends_with('f') && t.starts_with(&arch[..arch.len() - 1]))
-    });
+    let native = s
+        .fatbin_targets
+        .iter()
+        .any(|t| cubin_runs_on(t, i.compute_capability));
     s.native_image = Some(native);
     if !native {
         r.warnings.push(format!(
@@ -455,6 +453,26 @@ fn system(dev: &Device, r: &mut DiagReport) {
         family: format!("{} portable CUDA kernels", family(i.compute_capability)),
         why: "one kernel for every arch >= sm_80, byte-identical with the CPU".into(),
     });
+}
+
+/// Whether fatbin target `t` ("sm_90a", "sm_120f", "sm_80", "compute_80") is a cubin that runs on a
+/// device of compute capability `cc`: `a` needs the exact arch, `f` the same major (family), plain
+/// `sm_XY` the same major and a minor at most the device's; PTX (`compute_`) is not a native image.
+fn cubin_runs_on(t: &str, cc: (u32, u32)) -> bool {
+    let Some(v) = t.strip_prefix("sm_") else {
+        return false;
+    };
+    let (digits, suffix) = v.split_at(v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len()));
+    let Ok(num) = digits.parse::<u32>() else {
+        return false;
+    };
+    let (maj, min) = (num / 10, num % 10);
+    match suffix {
+        "a" => (maj, min) == cc,
+        "f" => maj == cc.0 && min <= cc.1,
+        "" => maj == cc.0 && min <= cc.1,
+        _ => false,
+    }
 }
 
 fn family(cc: (u32, u32)) -> &'static str {
@@ -1018,6 +1036,16 @@ mod tests {
         assert!(cpu_selftest(None).iter().all(|c| c.status == Status::Pass));
         let b = cpu_selftest(Some("cpu_quantize"));
         assert_eq!(b.iter().filter(|c| c.status == Status::Fail).count(), 1);
+    }
+
+    #[test]
+    fn native_images() {
+        assert!(cubin_runs_on("sm_90a", (9, 0)));
+        assert!(!cubin_runs_on("sm_90a", (10, 0)));
+        assert!(cubin_runs_on("sm_120f", (12, 1)));
+        assert!(cubin_runs_on("sm_80", (8, 6)));
+        assert!(!cubin_runs_on("compute_80", (8, 0)));
+        assert!(!cubin_runs_on("sm_100a", (10, 3)));
     }
 
     #[test]
