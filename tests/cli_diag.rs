@@ -192,3 +192,32 @@ fn demo_json_has_every_key() {
     assert!(v["snr_db"].as_f64().expect("snr") > 10.0, "{v}");
     assert!(v["memory_saved"].as_f64().expect("saved") > 0.7, "{v}");
 }
+
+#[test]
+fn diag_model_file_groups_blocks() {
+    use safetensors::tensor::{Dtype, TensorView};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("m.safetensors");
+    let data = vec![0u8; 32 * 64 * 2];
+    let mut tensors = Vec::new();
+    for name in [
+        "blocks.0.mlp.weight",
+        "blocks.1.mlp.weight",
+        "blocks.1.attn.weight",
+        "head.weight",
+    ] {
+        tensors.push((
+            name.to_string(),
+            TensorView::new(Dtype::BF16, vec![32, 64], &data).expect("view"),
+        ));
+    }
+    safetensors::serialize_to_file(tensors, None, &path).expect("write");
+    let (rc, v) = nvfp4(
+        &["diag", "--json", "--model", path.to_str().expect("utf-8 path")],
+        &[],
+    );
+    assert_eq!(rc, 0, "{v}");
+    assert_eq!(v["model"]["blocks"], 2, "{v}");
+    // The largest block (block 1: two [32, 64] linears) stands for every block.
+    assert_eq!(v["model"]["dtypes"][0]["block_bytes"], 2 * 32 * 64 * 2, "{v}");
+}

@@ -12,7 +12,7 @@ pub struct DiagArgs {
     /// GPU ordinal.
     #[arg(long, default_value_t = 0)]
     pub device: usize,
-    /// Model of the IO-versus-compute section: 3b or 7b (SeedVR2).
+    /// Model of the IO-versus-compute section: 3b or 7b (SeedVR2), or a safetensors checkpoint FILE.
     #[arg(long, default_value = "7b")]
     pub model: String,
     /// VRAM budget in GB for blocks_to_swap (default: 90% of the GPU's memory).
@@ -123,7 +123,7 @@ pub fn run(a: &DiagArgs) -> anyhow::Result<()> {
     let model = match a.model.as_str() {
         "3b" => DiagModel::Seedvr2_3b,
         "7b" => DiagModel::Seedvr2_7b,
-        other => anyhow::bail!("--model {other}: expected 3b or 7b (checkpoint files are not supported yet)"),
+        file => DiagModel::File(file.into()),
     };
     if let Some(gb) = a.vram_budget {
         anyhow::ensure!(
