@@ -12,7 +12,9 @@
 //!   `cuda_driver_api` (string), `gpu_name`, `compute_capability` (e.g. "sm_90"), `sm_count`,
 //!   `memory_bytes`, `pcie_link` (e.g. "gen5 x16" or "unknown"), `native_image` (bool|null),
 //!   `kernels` (array of `{op, family, why}`); GPU keys are null without a GPU
-//! - `selftest`: array of `{name, device ("cpu"|"gpu"), status ("PASS"|"FAIL"|"SKIP"), detail}`
+//! - `selftest` (checks: `cpu_quantize`, `cpu_dequantize`, `cpu_reference_gemm`; with a GPU also
+//!   `quantize`, `dequantize`, `scale_layout`, `gemv_w4a16`, `gemm_w4a16`, `gemv_w4a4`, `gemm_w4a4`,
+//!   `gemm_fp4_sm120`, `offload_stream`, `checksum`): array of `{name, device ("cpu"|"gpu"), status ("PASS"|"FAIL"|"SKIP"), detail}`
 //! - `transfers`: null, or `{bytes, pinned_h2d_gbs, pinned_d2h_gbs, pageable_h2d_gbs,
 //!   pageable_d2h_gbs, pool_cap_bytes}`
 //! - `overlap`: null, or `{copy_ms, gemm_ms, both_ms, ratio}` (ratio = both / max(copy, gemm))
@@ -846,6 +848,57 @@ pub fn gpu_selftest(dev: &Device, hook: Option<&str>) -> Vec<Check> {
             ));
         }
     }
+    out.push(check(
+        "offload_stream",
+        "gpu",
+        (|| {
+            use crate::offload::{HostBlock, HostTensor, LayerPrefetcher, PrefetchConfig, Weight};
+            // Five blocks of different sizes streamed through two slots, two passes: each block's
+            // device bytes (checksum kernel) must be its own image, never a stale slot's.
+            let blocks = (0..5u64)
+                .map(|b| {
+                    let bytes: Vec<u8> = (0..1000 + 300 * b).map(|_| rng.next_u64() as u8).collect();
+                    Ok(HostBlock {
+                        tensors: vec![HostTensor::new(b + 1, format!("block{b}"), Weight::Bytes(bytes))?],
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let want: Vec<u64> = blocks
+                .iter()
+                .map(|b| b.device_image().map(|i| crate::offload::checksum(&i)))
+                .collect::<Result<_>>()?;
+            let streams = StreamSet::new(dev)?;
+            let cfg = PrefetchConfig {
+                blocks_to_swap: blocks.len(),
+                depth: 2,
+                ..Default::default()
+            };
+            let pool = Arc::new(crate::cuda::PinnedPool::new(dev));
+            let mut pf = LayerPrefetcher::new(dev, streams.clone(), pool, blocks, cfg)?;
+            let n = pf.num_blocks();
+            let mut sums: CudaSlice<u64> = alloc_zeros(&streams.compute, "sums", 2 * n)?;
+            for p in 0..2 {
+                pf.begin_pass()?;
+                for i in 0..n {
+                    let b = pf.block(i)?;
+                    crate::cuda::checksum(dev, &streams.compute, &b.bytes(), &mut sums, p * n + i)?;
+                    pf.done(i)?;
+                }
+                pf.end_pass()?;
+            }
+            let mut got = download(&streams.compute, "sums", &sums)?;
+            streams.synchronize()?;
+            if broken(hook, "offload_stream") {
+                got[0] ^= 1;
+            }
+            let want2: Vec<u64> = want.iter().chain(&want).copied().collect();
+            Ok(first_diff(
+                &got,
+                &want2,
+                "LayerPrefetcher block bytes, 5 blocks x 2 passes, depth 2",
+            ))
+        })(),
+    ));
     out.push(check(
         "checksum",
         "gpu",
