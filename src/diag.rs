@@ -57,9 +57,12 @@ pub enum DiagModel {
     File(std::path::PathBuf),
 }
 
+/// A model's name, block count and the `[out, in]` linears of one block.
+pub type ModelShape = (String, usize, Vec<(usize, usize)>);
+
 impl DiagModel {
     /// Name, block count and the `[out, in]` linears of one block.
-    pub fn shapes(&self) -> Result<(String, usize, Vec<(usize, usize)>)> {
+    pub fn shapes(&self) -> Result<ModelShape> {
         let (name, blocks, h) = match self {
             DiagModel::Seedvr2_3b => ("seedvr2-3b", 32, 2560),
             DiagModel::Seedvr2_7b => ("seedvr2-7b", 36, 3072),
@@ -75,7 +78,7 @@ impl DiagModel {
     }
 }
 
-fn checkpoint_shapes(path: &std::path::Path) -> Result<(String, usize, Vec<(usize, usize)>)> {
+fn checkpoint_shapes(path: &std::path::Path) -> Result<ModelShape> {
     use safetensors::Dtype as St;
     let ck = crate::checkpoint::Checkpoint::open(path)?;
     let mut by_block: std::collections::BTreeMap<String, Vec<(usize, usize)>> = Default::default();
