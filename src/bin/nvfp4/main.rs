@@ -22,7 +22,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Quantize a synthetic transformer layer and report NVFP4's error and the crate's throughput.
+    /// Run a small seeded transformer through NVFP4 (GPU if present, else CPU) against its bf16 reference.
     Demo(demo::DemoArgs),
     /// Check this machine: system, kernel self-test, transfers, overlap, IO vs compute for a model.
     Diag(diag::DiagArgs),
