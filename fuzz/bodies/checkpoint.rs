@@ -77,7 +77,20 @@ pub fn exercise(ck: &Checkpoint, files: &[&Path]) {
     }
     for (prefix, found) in checkpoint::find_layers(ck) {
         for fl in FLAVOURS {
-            ok(checkpoint::layer_shape(ck, &prefix, fl).map(drop));
+            match checkpoint::layer_shape(ck, &prefix, fl) {
+                Ok((_, k, _)) => {
+                    // K is twice the packed columns, exactly (no wrapped arithmetic, even in builds
+                    // without overflow checks).
+                    let w = if fl == Flavour::CompressedTensors {
+                        "weight_packed"
+                    } else {
+                        "weight"
+                    };
+                    let (_, e) = ck.get(&format!("{prefix}.{w}")).expect("shaped, so present");
+                    assert_eq!(k as u128, 2 * e.shape[1] as u128, "{prefix}: K of {:?}", e.shape);
+                }
+                Err(e) => check_error(&e, files),
+            }
             ok(checkpoint::layer_global_scale(ck, &prefix, fl).map(drop));
             match checkpoint::read_layer(ck, &prefix, fl) {
                 Ok(l) => {
