@@ -36,3 +36,18 @@ fn fuzz_corpus_quantize_replays_clean() {
 fn fuzz_corpus_scale_layout_replays_clean() {
     replay("scale_layout", scale_layout::run);
 }
+
+// The checkpoint body is the cli body's module (one file may be loaded as a module only once).
+#[path = "../fuzz/bodies/cli.rs"]
+mod cli;
+use cli::ck_body as checkpoint;
+
+#[test]
+fn fuzz_corpus_checkpoint_replays_clean() {
+    replay("checkpoint", checkpoint::run);
+}
+
+#[test]
+fn fuzz_corpus_cli_replays_clean() {
+    replay("cli", cli::run);
+}

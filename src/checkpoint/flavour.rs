@@ -204,14 +204,19 @@ fn packed_shape(f: &TensorFile, e: &TensorEntry) -> Result<(usize, usize)> {
     if e.dtype != StDtype::U8 {
         return Err(f.unsupported(e, e.dtype, "U8 packed E2M1 codes"));
     }
-    match e.shape[..] {
-        [n, half] if (2 * half) % BLOCK == 0 => Ok((n, 2 * half)),
-        _ => Err(Error::shape(
+    // `half` is unbounded when N is 0 (a zero-byte tensor passes safetensors' size check), so K is
+    // computed checked: found by fuzz/seeds/checkpoint/crash-packed-shape-overflow.
+    let k = match e.shape[..] {
+        [n, half] => half.checked_mul(2).filter(|k| k % BLOCK == 0).map(|k| (n, k)),
+        _ => None,
+    };
+    k.ok_or_else(|| {
+        Error::shape(
             &format!("{}: {}", file_name(f), e.name),
             &e.shape,
             "packed NVFP4 weights are 2-D [N, K/2] with K a multiple of 16",
-        )),
-    }
+        )
+    })
 }
 
 fn check_scale_shape(f: &TensorFile, e: &TensorEntry, expected: [usize; 2]) -> Result<()> {

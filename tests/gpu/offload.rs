@@ -495,3 +495,69 @@ fn gpu_prefetch_kernel_error_mid_pass_recovers_without_leaks() {
         assert_eq!(pool.stats().bytes_pinned, 0, "{:?}", pool.stats());
     });
 }
+
+#[test]
+fn gpu_huge_device_allocation_is_typed_out_of_memory_and_leaks_nothing() {
+    let Some(dev) = device("gpu_huge_device_allocation_is_typed_out_of_memory_and_leaks_nothing") else {
+        return;
+    };
+    if under_sanitizer() {
+        eprintln!(
+            "SKIPPED gpu_huge_device_allocation_is_typed_out_of_memory_and_leaks_nothing under compute-sanitizer"
+        );
+        return;
+    }
+    // Twice the card: refused whatever else holds memory.
+    let huge = dev.context().mem_get_info().unwrap().1 * 2;
+    let stream = dev.new_stream().unwrap();
+    assert_no_device_leak(&dev, "huge allocation", || {
+        let Err(e) = alloc_zeros::<u8>(&stream, "huge", huge) else {
+            panic!("a {huge}-byte device allocation succeeded")
+        };
+        assert!(
+            matches!(&e, Error::OutOfMemory { name, bytes } if name == "huge" && *bytes == huge),
+            "{e}"
+        );
+        // The device still works after the refusal.
+        let ok = upload(&stream, "small", &[1u8, 2, 3]).unwrap();
+        assert_eq!(download(&stream, "small", &ok).unwrap(), [1, 2, 3]);
+    });
+}
+
+#[test]
+fn gpu_pinned_pool_refusing_midway_counts_only_what_it_pinned() {
+    let Some(dev) = device("gpu_pinned_pool_refusing_midway_counts_only_what_it_pinned") else {
+        return;
+    };
+    // Pins for real for the first two allocations, then refuses (a pinned-memory limit reached).
+    let ctx = dev.context().clone();
+    let calls = std::sync::atomic::AtomicUsize::new(0);
+    let alloc = move |n: usize| -> nvfp4::Result<PinnedBuffer> {
+        if calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < 2 {
+            PinnedBuffer::new(&ctx, n, nvfp4::cuda::PinnedFlags::Portable)
+        } else {
+            Err(Error::OutOfMemory {
+                name: "pinned host buffer (refused by the test)".into(),
+                bytes: n,
+            })
+        }
+    };
+    let pool = Pool::with_allocator(alloc, 1 << 30);
+    let before = pool.stats();
+    assert_eq!((before.bytes_pinned, before.entries), (0, 0));
+    let sizes = [4096usize, 8192, 16384, 32768];
+    for (id, &n) in sizes.iter().enumerate() {
+        let staged = pool.stage(id as u64, n, |b| b.fill(id as u8)).unwrap();
+        match staged {
+            nvfp4::cuda::Staged::Pinned(buf) => assert!(id < 2 && buf.len() == n, "id {id}"),
+            nvfp4::cuda::Staged::Pageable => assert!(id >= 2, "id {id} fell back while pinning worked"),
+        }
+    }
+    let st = pool.stats();
+    assert_eq!(st.bytes_pinned, sizes[0] + sizes[1], "{st:?}");
+    assert_eq!((st.entries, st.misses, st.fallbacks), (2, 2, 2), "{st:?}");
+    // Idle buffers freed: nothing stays pinned.
+    assert_eq!(pool.clear_idle(), sizes[0] + sizes[1]);
+    let after = pool.stats();
+    assert_eq!((after.bytes_pinned, after.entries), (0, 0), "{after:?}");
+}
