@@ -81,6 +81,32 @@ pub struct GemmFp4Operands<'a> {
     pub bias: Option<&'a CudaSlice<f32>>,
 }
 
+/// The grid `(x, y)` of `nvfp4_gemm_fp4_sm120` for an `[m, k] x [n, k]^T` problem, or the typed error
+/// that makes it impossible: K not a multiple of 16, or more rows than the grid can cover. Plans call this
+/// once; [`gemm_fp4`] calls it again (it cannot fail there for a planned shape).
+///
+/// ```
+/// use nvfp4::cuda::gemm_fp4::gemm_fp4_grid;
+/// assert_eq!(gemm_fp4_grid(1000, 70, 208).unwrap(), (16, 2));
+/// assert!(gemm_fp4_grid(4, 8, 40).is_err());
+/// ```
+pub fn gemm_fp4_grid(m: usize, n: usize, k: usize) -> Result<(u32, u32)> {
+    if k % 16 != 0 {
+        return Err(Error::shape("A", &[m, k], "K must be a multiple of 16"));
+    }
+    let grid_y = n.div_ceil(GEMM_TILE);
+    if grid_y > MAX_GRID_Y {
+        return Err(Error::shape(
+            "W",
+            &[n, k],
+            format!("at most {} rows", MAX_GRID_Y * GEMM_TILE),
+        ));
+    }
+    let grid_x = u32::try_from(m.div_ceil(GEMM_TILE))
+        .map_err(|_| Error::shape("A", &[m, k], "fewer than 2^37 rows"))?;
+    Ok((grid_x, grid_y as u32))
+}
+
 /// `out[m, n] = a_gs · w_gs · A · W^T (+ bias)` (see `nvfp4_gemm_fp4_params` in csrc/nvfp4.h), on a
 /// device that [`fp4_mma_on`] accepted with `allow_emulation`.
 pub fn gemm_fp4<T: crate::format::Element + DeviceRepr>(
@@ -110,16 +136,7 @@ pub fn gemm_fp4<T: crate::format::Element + DeviceRepr>(
     if m == 0 || n == 0 {
         return Ok(());
     }
-    let grid_y = n.div_ceil(GEMM_TILE);
-    if grid_y > MAX_GRID_Y {
-        return Err(Error::shape(
-            "W",
-            &[n, k],
-            format!("at most {} rows", MAX_GRID_Y * GEMM_TILE),
-        ));
-    }
-    let grid_x = u32::try_from(m.div_ceil(GEMM_TILE))
-        .map_err(|_| Error::shape("A", &[m, k], "fewer than 2^37 rows"))?;
+    let (grid_x, grid_y) = gemm_fp4_grid(m, n, k)?;
     let (ac, _g0) = ops.a_codes.device_ptr(stream);
     let (asf, _g1) = ops.a_scales.device_ptr(stream);
     let (ags, _g2) = ops.a_global_scale.device_ptr(stream);
@@ -144,7 +161,7 @@ pub fn gemm_fp4<T: crate::format::Element + DeviceRepr>(
         _pad: 0,
     };
     let cfg = LaunchConfig {
-        grid_dim: (grid_x, grid_y as u32, 1),
+        grid_dim: (grid_x, grid_y, 1),
         block_dim: (GEMM_THREADS, 1, 1),
         shared_mem_bytes: 0,
     };

@@ -62,7 +62,7 @@ struct Case {
 /// 1/8 of magnitude at most 12. With activations that are integers in [-4, 4] every product is a
 /// multiple of 1/8 below 48, so any partial sum of up to 2^16 products needs at most 22 bits: exact in
 /// f32 whatever the order, and the kernel's result rounds exactly like the reference.
-fn exact_fp4(rng: &mut Rng, name: &str, rows: usize, k: usize) -> Nvfp4Tensor {
+pub(crate) fn exact_fp4(rng: &mut Rng, name: &str, rows: usize, k: usize) -> Nvfp4Tensor {
     let codes = (0..rows * k / 2).map(|_| rng.next_u64() as u8).collect();
     let menu = [0x30u8, 0x38, 0x3C, 0x40];
     let scales = (0..rows * k / 16)
@@ -71,7 +71,7 @@ fn exact_fp4(rng: &mut Rng, name: &str, rows: usize, k: usize) -> Nvfp4Tensor {
     Nvfp4Tensor::from_parts(name, rows, k, codes, scales, ScaleLayout::Linear, 0.5).unwrap()
 }
 
-fn exact_values(rng: &mut Rng, n: usize) -> Vec<f32> {
+pub(crate) fn exact_values(rng: &mut Rng, n: usize) -> Vec<f32> {
     (0..n).map(|_| (rng.next_u64() % 9) as f32 - 4.0).collect()
 }
 
@@ -93,7 +93,7 @@ fn operand(rng: &mut Rng, name: &str, rows: usize, k: usize, exact: bool) -> Nvf
 /// Whether `got` is a possible narrowing to `out` of an f32 within `bound` of `v`: narrowing is
 /// monotone, so it lies between the narrowings of the interval's ends (rounded outwards to f32 first).
 /// This also accepts the correct ±Inf of an f16 output beyond 65504.
-fn narrowing_within<O: GpuElement>(got: f32, v: f64, bound: f64) -> bool {
+pub(crate) fn narrowing_within<O: GpuElement>(got: f32, v: f64, bound: f64) -> bool {
     let down = |x: f64| {
         let f = x as f32;
         if f as f64 > x {

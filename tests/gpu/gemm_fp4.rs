@@ -10,13 +10,14 @@ use half::{bf16, f16};
 use nvfp4::cuda::gemm_fp4::{MmaProbeTiles, fp4_mma_on, mma_probe};
 use nvfp4::cuda::{Device, alloc_zeros, download, upload};
 use nvfp4::format::ScaleLayout;
-use nvfp4::ops::{self, DeviceNvfp4, Fp4Backend, GpuElement};
+use nvfp4::ops::{self, DeviceNvfp4, Fp4Backend, Fp4GemmPlan, Fp4GemmSpec, GpuElement, LinearNvfp4Options};
 use nvfp4::quant::{self, QuantizeOptions};
 use nvfp4::reference::mma::{self, MmaGemmEpilogue, MmaTile, VectorCase};
-use nvfp4::reference::synthetic::Rng;
+use nvfp4::reference::{self, synthetic::Rng};
 use nvfp4::{Error, Nvfp4Tensor};
 
 use crate::common::{device, mixed_values, under_sanitizer};
+use crate::gemm::{exact_fp4, exact_values, narrowing_within};
 
 /// The backend that runs the sm_120 kernel here, or `None` after printing why the test skips.
 fn backend(dev: &Device, test: &str) -> Option<Fp4Backend> {
@@ -292,4 +293,233 @@ fn gpu_gemm_fp4_refuses_what_it_cannot_run() {
         matches!(err, Error::Length { .. } | Error::UnsupportedArch { .. }),
         "{err}"
     );
+}
+
+/// Runs the FP4 GEMM through a plan on `a`, `w` (linear scales; swizzled here) into a NaN-poisoned
+/// output of type `O`; the outputs as f32.
+fn run_planned<O: GpuElement>(
+    dev: &Device,
+    backend: Fp4Backend,
+    a: &Nvfp4Tensor,
+    w: &Nvfp4Tensor,
+    bias: Option<&[f32]>,
+) -> Vec<f32> {
+    let s = dev.stream();
+    let (m, n) = (a.rows(), w.rows());
+    let sw = |t: &Nvfp4Tensor| t.clone().with_scale_layout(ScaleLayout::Swizzled128x4).unwrap();
+    let da = DeviceNvfp4::upload(s, &sw(a)).unwrap();
+    let dw = DeviceNvfp4::upload(s, &sw(w)).unwrap();
+    let db = bias.map(|b| upload(s, "bias", b).unwrap());
+    let spec = Fp4GemmSpec {
+        backend: Some(backend),
+        ..Fp4GemmSpec::new(m, n, a.cols_padded())
+    };
+    let plan = Fp4GemmPlan::new(dev, &spec).unwrap();
+    assert_eq!(plan.workspace_bytes(), 0);
+    assert!(
+        plan.explain().contains("nvfp4_gemm_fp4_sm120"),
+        "{}",
+        plan.explain()
+    );
+    let mut out = upload(s, "out", &vec![O::from_f32(f32::NAN); m * n]).unwrap();
+    plan.launch(dev, s, &da, &dw, db.as_ref(), &mut out).unwrap();
+    download(s, "out", &out)
+        .unwrap()
+        .iter()
+        .map(|x| x.to_f32())
+        .collect()
+}
+
+/// The f64 reference with the bias added as one more term (it joins the error scale).
+fn reference_with_bias(a: &Nvfp4Tensor, w: &Nvfp4Tensor, bias: Option<&[f32]>) -> reference::GemmReference {
+    let mut r = reference::gemm_w4a4(a, w).unwrap();
+    if let Some(b) = bias {
+        let n = w.rows();
+        for (i, (v, s)) in r.values.iter_mut().zip(r.abs_sums.iter_mut()).enumerate() {
+            *v += b[i % n] as f64;
+            *s += b[i % n].abs() as f64;
+        }
+    }
+    r
+}
+
+fn check_against_reference<O: GpuElement>(
+    dev: &Device,
+    backend: Fp4Backend,
+    a: &Nvfp4Tensor,
+    w: &Nvfp4Tensor,
+    bias: Option<&[f32]>,
+    exact: bool,
+    what: &str,
+) {
+    let got = run_planned::<O>(dev, backend, a, w, bias);
+    let want = reference_with_bias(a, w, bias);
+    assert_eq!(got.len(), want.values.len(), "{what}");
+    if exact {
+        for (i, (&g, &v)) in got.iter().zip(&want.values).enumerate() {
+            let e = O::from_f32(v as f32).to_f32();
+            assert!(
+                g.to_bits() == e.to_bits() || (g == 0.0 && e == 0.0),
+                "{what} {:?}: exact-sum out[{i}] = {g:e}, reference {e:e} ({v:e})",
+                O::DTYPE
+            );
+        }
+        return;
+    }
+    // The instruction truncates once per 64-wide K step (at most one ulp: two roundings' worth) and its
+    // alignment truncation is far below that; then alpha, its product, the bias sum and the output
+    // rounding: counted as K + 4 extra roundings on top of K, as for the Hopper kernels.
+    let extra = a.cols_padded() + 4;
+    for (i, &g) in got.iter().enumerate() {
+        let bound = want.bound(i, extra);
+        assert!(
+            narrowing_within::<O>(g, want.values[i], bound),
+            "{what} {:?}: out[{i}] = {g:e}, reference {:e}, bound {bound:e}",
+            O::DTYPE,
+            want.values[i]
+        );
+    }
+}
+
+#[test]
+fn gpu_gemm_fp4_matches_the_f64_reference() {
+    let Some(dev) = device("gpu_gemm_fp4_matches_the_f64_reference") else {
+        return;
+    };
+    let Some(backend) = backend(&dev, "gpu_gemm_fp4_matches_the_f64_reference") else {
+        return;
+    };
+    let seed = Rng::fresh_seed();
+    let mut rng = Rng::new(seed);
+    // M over {1, 7, 16, 128, 1000}; N and K never multiples of the 64 tile (K % 32 == 16 included).
+    let shapes: &[(usize, usize, usize)] = if under_sanitizer() {
+        &[(1, 70, 208), (7, 130, 80)]
+    } else {
+        &[
+            (1, 70, 208),
+            (7, 130, 1008),
+            (16, 67, 80),
+            (128, 200, 272),
+            (1000, 70, 144),
+        ]
+    };
+    for &(m, n, k) in shapes {
+        for exact in [true, false] {
+            let (a, w) = if exact {
+                (exact_fp4(&mut rng, "A", m, k), exact_fp4(&mut rng, "W", n, k))
+            } else {
+                let a = quant::quantize(
+                    "A",
+                    &mixed_values(&mut rng, m * k),
+                    m,
+                    k,
+                    &QuantizeOptions::default(),
+                );
+                let w = quant::quantize(
+                    "W",
+                    &mixed_values(&mut rng, n * k),
+                    n,
+                    k,
+                    &QuantizeOptions::default(),
+                );
+                (a.unwrap(), w.unwrap())
+            };
+            let bias = if exact {
+                exact_values(&mut rng, n)
+            } else {
+                rng.normal_vec(n, 4.0)
+            };
+            let what = format!("seed {seed} M={m} N={n} K={k} exact={exact}");
+            check_against_reference::<f32>(&dev, backend, &a, &w, None, exact, &what);
+            check_against_reference::<f32>(&dev, backend, &a, &w, Some(&bias), exact, &what);
+            check_against_reference::<bf16>(&dev, backend, &a, &w, Some(&bias), exact, &what);
+            check_against_reference::<bf16>(&dev, backend, &a, &w, None, exact, &what);
+            check_against_reference::<f16>(&dev, backend, &a, &w, Some(&bias), exact, &what);
+            check_against_reference::<f16>(&dev, backend, &a, &w, None, exact, &what);
+        }
+    }
+}
+
+#[test]
+fn gpu_gemm_fp4_plan_refuses_bad_shapes_up_front() {
+    let Some(dev) = device("gpu_gemm_fp4_plan_refuses_bad_shapes_up_front") else {
+        return;
+    };
+    let Some(backend) = backend(&dev, "gpu_gemm_fp4_plan_refuses_bad_shapes_up_front") else {
+        return;
+    };
+    let spec = |k| Fp4GemmSpec {
+        backend: Some(backend),
+        ..Fp4GemmSpec::new(4, 8, k)
+    };
+    let err = Fp4GemmPlan::new(&dev, &spec(40)).unwrap_err();
+    assert!(matches!(err, Error::Shape { .. }), "K = 40: {err}");
+    assert!(err.to_string().contains("multiple of 16"), "{err}");
+    let plan = Fp4GemmPlan::new(&dev, &spec(64)).unwrap();
+    // Operands of another shape than planned: a typed error naming the tensor, before any launch.
+    let s = dev.stream();
+    let mut rng = Rng::new(3);
+    let t = operand(&mut rng, "A", 4, 32, false);
+    let d = DeviceNvfp4::upload(s, &t).unwrap();
+    let mut out = alloc_zeros::<f32>(s, "out", 32).unwrap();
+    let err = plan.launch(&dev, s, &d, &d, None, &mut out).unwrap_err();
+    assert!(matches!(err, Error::Shape { .. }), "{err}");
+    // The default backend is the hardware one: chosen on sm_12x, refused elsewhere.
+    let auto = Fp4GemmPlan::new(&dev, &Fp4GemmSpec::new(4, 8, 64));
+    if dev.info().compute_capability.0 == 12 {
+        assert_eq!(auto.unwrap().backend(), Fp4Backend::Native);
+    } else {
+        assert!(matches!(auto, Err(Error::UnsupportedArch { .. })), "{auto:?}");
+    }
+}
+
+#[test]
+fn gpu_linear_nvfp4_matches_cpu_quantize_then_the_mma_model() {
+    let Some(dev) = device("gpu_linear_nvfp4_matches_cpu_quantize_then_the_mma_model") else {
+        return;
+    };
+    let Some(backend) = backend(&dev, "gpu_linear_nvfp4_matches_cpu_quantize_then_the_mma_model") else {
+        return;
+    };
+    let s = dev.stream();
+    let seed = Rng::fresh_seed();
+    let mut rng = Rng::new(seed);
+    let shapes: &[(usize, usize, usize)] = if under_sanitizer() {
+        &[(3, 70, 208)]
+    } else {
+        &[(1, 70, 208), (16, 130, 1008), (130, 72, 264)]
+    };
+    for &(m, n, k) in shapes {
+        for input_scale in [None, Some(0.05f32)] {
+            let x: Vec<bf16> = mixed_values(&mut rng, m * k)
+                .iter()
+                .map(|&v| bf16::from_f32(v))
+                .collect();
+            let wopts = QuantizeOptions {
+                pad_k: true,
+                ..QuantizeOptions::default()
+            };
+            let w = quant::quantize("W", &mixed_values(&mut rng, n * k), n, k, &wopts).unwrap();
+            let w = w.with_scale_layout(ScaleLayout::Swizzled128x4).unwrap();
+            let bias: Vec<f32> = rng.normal_vec(n, 2.0);
+            let opts = LinearNvfp4Options {
+                input_scale,
+                backend: Some(backend),
+            };
+            let a = quant::quantize("x", &x, m, k, &opts.quantize_options()).unwrap();
+            let want: Vec<bf16> = mma::mma_gemm(&a, &w, MmaGemmEpilogue { bias: Some(&bias) }).unwrap();
+            let dx = upload(s, "x", &x).unwrap();
+            let dw = DeviceNvfp4::upload(s, &w).unwrap();
+            let db = upload(s, "bias", &bias).unwrap();
+            let mut out = upload(s, "out", &vec![bf16::NAN; m * n]).unwrap();
+            ops::linear_nvfp4(&dev, s, &dx, &dw, Some(&db), &mut out, &opts).unwrap();
+            let got = download(s, "out", &out).unwrap();
+            for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    g.to_bits() == e.to_bits() || (g.to_f32() == 0.0 && e.to_f32() == 0.0),
+                    "seed {seed} M={m} N={n} K={k} input_scale={input_scale:?}: out[{i}] = {g}, model {e}"
+                );
+            }
+        }
+    }
 }
