@@ -7,19 +7,183 @@
 // of M, so every weight is decoded once and meets every activation row in one MMA. Padding rows of the
 // tile cost tensor-core time only, which is idle here anyway.
 //
+// The W4A16 kernels run their own main loop (w4v::gemv_loop below: row pointers once, branch-free full
+// steps, weights two steps ahead, activations one step ahead, rows g + 8 only when present); W4A4 still
+// runs w4::gemm_body<1>. Both share gemm_body's fragment order and epilogue, so results are unchanged.
+//
 // Registers (ptxas, CUDA 13.0; sm_80 / sm_90a / sm_100a / sm_120f), no spills: w4a16_bf16 and w4a16_f16
-// 64 / 64 / 64 / 64, w4a4 72 / 64 / 65 / 70. At 64, 8 blocks of 128 threads fit an SM, which the host's
-// split-K choice aims for (ops::gemm). Measured on an H100 (BENCHMARKS.md): 1.4-1.8x cuBLAS bf16 at
-// M <= 16 on the large shapes, but only 0.35-0.45 of copy bandwidth: the activation loads of each
-// 8-element chunk sit between MMAs (see BENCHMARKS.md for the SASS evidence and the next steps).
+// 128 / 128 / 126 / 126 (capped by __launch_bounds__(128, 4): 4 blocks per SM, each thread with up to
+// 64 weight bytes in flight), w4a4 72 / 64 / 65 / 70. The host's split-K choice (ops::gemm) still
+// assumes 8 blocks per SM for this tile, so it splits K up to twice as far as needed to fill the GPU.
+// Before this loop (BENCHMARKS.md, H100): 1.4-1.8x cuBLAS bf16 at M <= 16, 0.35-0.45 of copy bandwidth,
+// the activation loads of each 8-element chunk sitting between MMAs. The new loop is not yet measured.
 #include "common/w4_gemm.cuh"
 
-extern "C" __global__ void __launch_bounds__(w4::kThreads) nvfp4_gemv_w4a16_bf16(nvfp4_gemm_params p) {
-    w4::gemm_body<1, w4::kActBf16>(p);
+namespace w4v {
+
+using namespace w4;
+
+// One step's weights of a lane's kNT rows: 16 code bytes and 2 scale bytes each.
+struct WStep {
+    uint4 q[kNT];
+    uint32_t s[kNT];
+};
+
+// The hot-loop load: the whole 32-element chunk is inside K and K % 32 == 0, so no bounds checks
+// (rows past N were clamped to row 0 by the caller and their results are never stored).
+__device__ __forceinline__ void load_w_full(const uint8_t *const pc[kNT], const uint8_t *const ps[kNT], uint32_t step,
+                                            WStep &w) {
+#pragma unroll
+    for (int j = 0; j < kNT; ++j) {
+        w.q[j] = w4_load_stream16(pc[j] + (uint64_t)step * (kStepK / 2));
+        w.s[j] = __ldg(reinterpret_cast<const unsigned short *>(ps[j] + step * (kStepK / 16)));
+    }
 }
 
-extern "C" __global__ void __launch_bounds__(w4::kThreads) nvfp4_gemv_w4a16_f16(nvfp4_gemm_params p) {
-    w4::gemm_body<1, w4::kActF16>(p);
+// 4 chunks of 8 activations (rows g and, if HI, g + 8) of the step; zero for rows past M.
+template <bool HI, bool FULL>
+__device__ __forceinline__ void load_a(const uint16_t *a0, const uint16_t *a1, bool ok0, bool ok1, uint32_t k0,
+                                       uint32_t K, uint4 x[2][4]) {
+#pragma unroll
+    for (int c = 0; c < 4; ++c) {
+        const uint32_t k = k0 + 8 * c;
+        x[0][c] = (ok0 && (FULL || k < K)) ? __ldg(reinterpret_cast<const uint4 *>(a0 + k)) : make_uint4(0, 0, 0, 0);
+        if (HI)
+            x[1][c] =
+                (ok1 && (FULL || k < K)) ? __ldg(reinterpret_cast<const uint4 *>(a1 + k)) : make_uint4(0, 0, 0, 0);
+        else
+            x[1][c] = make_uint4(0, 0, 0, 0);
+    }
+}
+
+// One step's decode and MMAs: the same fragments, in the same MMA order, as gemm_body<1>, so the
+// results are bit-identical to it.
+template <bool BF16, bool HI>
+__device__ __forceinline__ void step_mma(float acc[kNT][4], const WStep &w, const uint4 x[2][4]) {
+    uint32_t sc[kNT][2];
+#pragma unroll
+    for (int j = 0; j < kNT; ++j) {
+        sc[j][0] = w4_scale_pair<BF16>(w.s[j] & 0xFFu);
+        sc[j][1] = w4_scale_pair<BF16>(w.s[j] >> 8);
+    }
+#pragma unroll
+    for (int c = 0; c < 4; ++c) {
+        uint32_t af[2][4];
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            uint32_t pr[4] = {0, 0, 0, 0};
+            if (r == 0 || HI) w4_act_pairs(x[r][c], pr);
+            af[0][r] = pr[0];
+            af[0][2 + r] = pr[1];
+            af[1][r] = pr[2];
+            af[1][2 + r] = pr[3];
+        }
+#pragma unroll
+        for (int j = 0; j < kNT; ++j) {
+            const uint32_t wd = word(w.q[j], c);
+            uint32_t b[4];
+#pragma unroll
+            for (int i = 0; i < 4; ++i) b[i] = w4_mul2<BF16>(w4_decode_pair<BF16>(wd, i), sc[j][c >> 1]);
+#pragma unroll
+            for (int h = 0; h < 2; ++h) w4_mma<BF16>(acc[j], af[h], b[2 * h], b[2 * h + 1]);
+        }
+    }
+}
+
+// The main loop of the 16-row W4A16 GEMV. Compared with gemm_body<1> (BENCHMARKS.md, "Why"): row
+// pointers are computed once; the full steps (the whole 128-element step inside K, K % 32 == 0) run a
+// branch-free loop whose weights are prefetched two steps ahead and whose activations (all four chunks,
+// rows g + 8 only when the tile has them) are loaded one step ahead, so no load sits between MMAs; the
+// ragged last step goes through the bounds-checked loads of gemm_body.
+template <bool BF16, bool HI>
+__device__ __forceinline__ void gemv_loop(const nvfp4_gemm_params &p, float acc[kNT][4], uint32_t n_base,
+                                          uint32_t m_base, uint32_t s_begin, uint32_t s_end) {
+    const uint32_t lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const uint32_t M = p.m, N = p.n, K = p.k;
+    const bool vec = K % 32 == 0;
+    const uint32_t full_end = vec ? min(s_end, K / kStepK) : s_begin;  // steps [s_begin, full_end) are full
+
+    const uint8_t *pc[kNT];
+    const uint8_t *ps[kNT];
+    uint32_t wrow[kNT];
+    bool wok[kNT];
+#pragma unroll
+    for (int j = 0; j < kNT; ++j) {
+        wrow[j] = n_base + 8 * j + g;
+        wok[j] = wrow[j] < N;
+        const uint64_t row = wok[j] ? wrow[j] : 0;  // a valid row to read; its results are dropped
+        pc[j] = p.w_codes + row * (K / 2) + 16 * t;
+        ps[j] = p.w_scales + row * (K / 16) + 2 * t;
+    }
+    const uint32_t r0 = m_base + g, r1 = m_base + g + 8;
+    const bool ok0 = r0 < M, ok1 = r1 < M;
+    const uint16_t *a0 = reinterpret_cast<const uint16_t *>(p.a) + (uint64_t)(ok0 ? r0 : 0) * K + 32 * t;
+    const uint16_t *a1 = reinterpret_cast<const uint16_t *>(p.a) + (uint64_t)(ok1 ? r1 : 0) * K + 32 * t;
+
+    uint32_t step = s_begin;
+    if (step < full_end) {
+        WStep w0, w1;
+        uint4 x[2][4];
+        load_w_full(pc, ps, step, w0);
+        if (step + 1 < full_end) load_w_full(pc, ps, step + 1, w1);
+        load_a<HI, true>(a0, a1, ok0, ok1, step * kStepK, K, x);
+        for (; step < full_end; ++step) {
+            WStep w2;
+            uint4 xn[2][4];
+            if (step + 2 < full_end) load_w_full(pc, ps, step + 2, w2);
+            if (step + 1 < full_end) load_a<HI, true>(a0, a1, ok0, ok1, (step + 1) * kStepK, K, xn);
+            step_mma<BF16, HI>(acc, w0, x);
+            w0 = w1;
+            w1 = w2;
+#pragma unroll
+            for (int r = 0; r < 2; ++r)
+#pragma unroll
+                for (int c = 0; c < 4; ++c) x[r][c] = xn[r][c];
+        }
+    }
+    for (; step < s_end; ++step) {  // the ragged tail (or every step when K % 32 != 0)
+        const uint32_t k0 = step * kStepK + 32 * t;
+        WStep w;
+#pragma unroll
+        for (int j = 0; j < kNT; ++j) load_fp4<true>(p.w_codes, p.w_scales, wrow[j], wok[j], k0, K, vec, w.q[j], w.s[j]);
+        uint4 x[2][4];
+        load_a<HI, false>(a0 - 32 * t, a1 - 32 * t, ok0, ok1, k0, K, x);
+        step_mma<BF16, HI>(acc, w, x);
+    }
+}
+
+template <int AK>
+__device__ __forceinline__ void gemv_body(const nvfp4_gemm_params &p) {
+    constexpr bool BF16 = AK != kActF16;
+    const uint32_t warp = threadIdx.x >> 5;
+    const uint32_t n_base = blockIdx.x * kBlockN + warp * (kNT * 8);
+    const uint32_t m_base = blockIdx.y * 16;
+    const uint32_t steps = (p.k + kStepK - 1) / kStepK;
+    const uint32_t s_begin = blockIdx.z * p.steps_per_split;
+    const uint32_t s_end = min(steps, s_begin + p.steps_per_split);
+    float acc[1][kNT][4];
+#pragma unroll
+    for (int j = 0; j < kNT; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[0][j][e] = 0.0f;
+    // Rows g + 8 of the tile exist only when M > m_base + 8 (block-uniform): at M <= 8 their loads,
+    // permutes and zero fragments are left out of the loop.
+    if (p.m > m_base + 8)
+        gemv_loop<BF16, true>(p, acc[0], n_base, m_base, s_begin, s_end);
+    else
+        gemv_loop<BF16, false>(p, acc[0], n_base, m_base, s_begin, s_end);
+    gemm_epilogue<1, AK>(p, acc, n_base, m_base);
+}
+
+}  // namespace w4v
+
+
+extern "C" __global__ void __launch_bounds__(w4::kThreads, 4) nvfp4_gemv_w4a16_bf16(nvfp4_gemm_params p) {
+    w4v::gemv_body<w4::kActBf16>(p);
+}
+
+extern "C" __global__ void __launch_bounds__(w4::kThreads, 4) nvfp4_gemv_w4a16_f16(nvfp4_gemm_params p) {
+    w4v::gemv_body<w4::kActF16>(p);
 }
 
 extern "C" __global__ void __launch_bounds__(w4::kThreads) nvfp4_gemv_w4a4(nvfp4_gemm_params p) {

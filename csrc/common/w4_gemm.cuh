@@ -97,6 +97,10 @@ __device__ __forceinline__ void store_out(const nvfp4_gemm_params &p, uint32_t m
 }
 
 template <int MT, int AK>
+__device__ __forceinline__ void gemm_epilogue(const nvfp4_gemm_params &p, float (&acc)[MT][kNT][4],
+                                              uint32_t n_base, uint32_t m_base);
+
+template <int MT, int AK>
 __device__ __forceinline__ void gemm_body(const nvfp4_gemm_params &p) {
     constexpr bool BF16 = AK != kActF16;
     const uint32_t lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
@@ -205,6 +209,16 @@ __device__ __forceinline__ void gemm_body(const nvfp4_gemm_params &p) {
         }
     }
 
+    gemm_epilogue<MT, AK>(p, acc, n_base, m_base);
+}
+
+// The epilogue of gemm_body (and of the GEMV's own main loop, gemv_w4a16.cu): alpha, bias, split-K.
+template <int MT, int AK>
+__device__ __forceinline__ void gemm_epilogue(const nvfp4_gemm_params &p, float (&acc)[MT][kNT][4], uint32_t n_base,
+                                              uint32_t m_base) {
+    constexpr bool BF16 = AK != kActF16;
+    const uint32_t lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const uint32_t M = p.m, N = p.n;
     // Decoded operands carry 2^-8 (bf16) or 2^-7 (f16) each (dequant.cuh); alpha restores it.
     float alpha = __fmul_rn(*p.w_global_scale, W4Shift<BF16>::factor);
     if constexpr (AK == kActFp4) alpha = __fmul_rn(__fmul_rn(*p.a_global_scale, 256.0f), alpha);

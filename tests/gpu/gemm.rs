@@ -19,7 +19,7 @@ use crate::common::{convert, device, mixed_values};
 /// (M, N, K): K = 16 (one block), 208 (K % 32 = 16: the 4-byte load path, a partial last step), 4160
 /// (K % 128 = 64: a partial last step on the 16-byte path), 128 (exactly one step); N not a multiple of
 /// the 64-column block; M around the 16- and 64-row tiles.
-const SHAPES: [(usize, usize, usize); 8] = [
+const SHAPES: [(usize, usize, usize); 9] = [
     (1, 1, 16),
     (1, 130, 4160),
     (3, 67, 208),
@@ -28,6 +28,8 @@ const SHAPES: [(usize, usize, usize); 8] = [
     (128, 67, 208),
     (4099, 67, 208),
     (65, 200, 2048),
+    // The GEMV's rows g + 8 with only row 8 present, several full (prefetched) steps, then a ragged one.
+    (9, 72, 1056),
 ];
 
 /// (activations, output): `None` is W4A4.
