@@ -492,23 +492,24 @@ pub fn layer_tensors(layer: QuantizedLayer, flavour: Flavour) -> Result<Vec<OutT
     match flavour {
         Flavour::Dense => return Err(Error::invalid(p, "use dequantize for a dense layer")),
         Flavour::ModelOpt => {
+            let (codes, scales, s2) = t.into_parts();
             out.push(OutTensor::new(
                 format!("{p}.weight"),
                 StDtype::U8,
                 vec![n, k / 2],
-                t.codes().to_vec(),
+                codes,
             ));
             out.push(OutTensor::new(
                 format!("{p}.weight_scale"),
                 StDtype::F8_E4M3,
                 vec![n, bc],
-                t.scales().to_vec(),
+                scales,
             ));
             out.push(OutTensor::new(
                 format!("{p}.weight_scale_2"),
                 StDtype::F32,
                 vec![],
-                f32b(t.global_scale()),
+                f32b(s2),
             ));
             if let Some(s) = layer.input_scale {
                 out.push(OutTensor::new(

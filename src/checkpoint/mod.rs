@@ -52,4 +52,4 @@ pub use pipeline::{
 pub use report::LayerError;
 pub use select::{Decision, PRESERVED_PATTERNS, Selection, glob_match, module_of};
 pub use source::{Checkpoint, INDEX_NAME};
-pub use write::{FileWriter, Staged, TensorSpec};
+pub use write::{FileWriter, Sink, Staged, TensorSpec};

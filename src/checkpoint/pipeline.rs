@@ -11,7 +11,7 @@ use super::flavour::{self, Flavour, QuantizedLayer};
 use super::report::LayerError;
 use super::select::{Decision, Selection, module_of};
 use super::source::{Checkpoint, INDEX_NAME};
-use super::write::{FileWriter, Staged, TensorSpec};
+use super::write::{FileWriter, Sink, Staged, TensorSpec};
 use crate::error::{Error, Result};
 use crate::format::Dtype;
 use crate::quant::{self, BLOCK, Nvfp4Tensor, QuantizeOptions};
@@ -471,66 +471,70 @@ fn write_file(
         ));
     }
     let path = output.file_path(input);
-    let mut w = FileWriter::create(&path, specs, &metadata)?;
-    for (job, specs) in &plan.jobs {
-        match job {
-            Job::Copy { entry } => {
-                let (f, e) = ck
-                    .get(entry)
-                    .ok_or_else(|| Error::invalid(entry, "vanished from the plan"))?;
-                w.write(&e.name, f.bytes(e))?;
-                summary.copied += 1;
-                summary.bytes_written += e.len() as u64;
-                progress(e.len() as u64);
-            }
-            Job::Quantize { entry, n, k } => {
-                let (f, e) = ck
-                    .get(entry)
-                    .ok_or_else(|| Error::invalid(entry, "vanished from the plan"))?;
-                let data = f.dense(e)?;
-                let (q, err) = quantize(&qualified(f, &e.name), &data, *n, *k)?;
-                drop(data);
-                let layer = QuantizedLayer {
-                    prefix: module_of(&e.name).to_string(),
-                    tensor: q,
-                    input_scale: None,
-                };
-                write_layer(&mut w, layer, to, specs, summary)?;
-                if let Some(mut err) = err {
-                    err.name = e.name.clone();
-                    summary.layers.push(err);
+    let w = FileWriter::create(&path, specs, &metadata)?;
+    w.write_behind(|w| {
+        for (job, specs) in &plan.jobs {
+            match job {
+                Job::Copy { entry } => {
+                    let (f, e) = ck
+                        .get(entry)
+                        .ok_or_else(|| Error::invalid(entry, "vanished from the plan"))?;
+                    w.write(e.name.as_str(), f.bytes(e))?;
+                    summary.copied += 1;
+                    summary.bytes_written += e.len() as u64;
+                    progress(e.len() as u64);
                 }
-                progress(e.len() as u64);
-            }
-            Job::Layer { prefix, from } => {
-                let layer = flavour::read_layer(ck, prefix, *from)?;
-                let bytes = layer.tensor.size_bytes() as u64;
-                write_layer(&mut w, layer, to, specs, summary)?;
-                progress(bytes);
-            }
-            Job::Dequantize { prefix, from, n, k } => {
-                let layer = flavour::read_layer(ck, prefix, *from)?;
-                let name = format!("{prefix}.weight");
-                let bytes = match specs[0].dtype {
-                    StDtype::F32 => bytemuck::cast_slice(&quant::dequantize::<f32>(&layer.tensor)).to_vec(),
-                    StDtype::F16 => {
-                        bytemuck::cast_slice(&quant::dequantize::<half::f16>(&layer.tensor)).to_vec()
+                Job::Quantize { entry, n, k } => {
+                    let (f, e) = ck
+                        .get(entry)
+                        .ok_or_else(|| Error::invalid(entry, "vanished from the plan"))?;
+                    let data = f.dense(e)?;
+                    let (q, err) = quantize(&qualified(f, &e.name), &data, *n, *k)?;
+                    drop(data);
+                    let layer = QuantizedLayer {
+                        prefix: module_of(&e.name).to_string(),
+                        tensor: q,
+                        input_scale: None,
+                    };
+                    write_layer(w, layer, to, specs, summary)?;
+                    if let Some(mut err) = err {
+                        err.name = e.name.clone();
+                        summary.layers.push(err);
                     }
-                    _ => bytemuck::cast_slice(&quant::dequantize::<half::bf16>(&layer.tensor)).to_vec(),
-                };
-                debug_assert_eq!(bytes.len(), n * k * specs[0].dtype.bitsize() / 8);
-                w.write(&name, &bytes)?;
-                summary.quantized += 1;
-                summary.bytes_written += bytes.len() as u64;
-                progress(layer.tensor.size_bytes() as u64);
+                    progress(e.len() as u64);
+                }
+                Job::Layer { prefix, from } => {
+                    let layer = flavour::read_layer(ck, prefix, *from)?;
+                    let bytes = layer.tensor.size_bytes() as u64;
+                    write_layer(w, layer, to, specs, summary)?;
+                    progress(bytes);
+                }
+                Job::Dequantize { prefix, from, n, k } => {
+                    let layer = flavour::read_layer(ck, prefix, *from)?;
+                    let name = format!("{prefix}.weight");
+                    let bytes = match specs[0].dtype {
+                        StDtype::F32 => {
+                            bytemuck::cast_slice(&quant::dequantize::<f32>(&layer.tensor)).to_vec()
+                        }
+                        StDtype::F16 => {
+                            bytemuck::cast_slice(&quant::dequantize::<half::f16>(&layer.tensor)).to_vec()
+                        }
+                        _ => bytemuck::cast_slice(&quant::dequantize::<half::bf16>(&layer.tensor)).to_vec(),
+                    };
+                    debug_assert_eq!(bytes.len(), n * k * specs[0].dtype.bitsize() / 8);
+                    summary.quantized += 1;
+                    summary.bytes_written += bytes.len() as u64;
+                    w.write(name, bytes)?;
+                    progress(layer.tensor.size_bytes() as u64);
+                }
             }
         }
-    }
-    w.finish()
+        Ok(())
+    })
 }
 
 fn write_layer(
-    w: &mut FileWriter,
+    w: &Sink<'_>,
     layer: QuantizedLayer,
     to: Flavour,
     specs: &[TensorSpec],
@@ -544,8 +548,8 @@ fn write_layer(
         ));
     }
     for t in tensors {
-        w.write(&t.name, &t.bytes)?;
         summary.bytes_written += t.bytes.len() as u64;
+        w.write(t.name, t.bytes)?;
     }
     summary.quantized += 1;
     Ok(())

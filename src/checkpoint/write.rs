@@ -1,9 +1,12 @@
 //! Writing safetensors files tensor by tensor, and staging outputs so that only complete results
 //! ever appear under their final name.
 
+use std::borrow::Cow;
+use std::cell::Cell;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{SyncSender, sync_channel};
 
 use safetensors::Dtype as StDtype;
 
@@ -116,6 +119,87 @@ impl FileWriter {
             .into_inner()
             .map_err(|e| Error::io(&self.path, e.into_error()))?;
         file.sync_all().map_err(|e| Error::io(&self.path, e))
+    }
+}
+
+/// Tensors queued for a writer thread at most; with one being written and one being computed, the
+/// caller holds at most this many more in memory.
+const WRITE_QUEUE: usize = 2;
+
+enum Msg<'a> {
+    Tensor(String, Cow<'a, [u8]>),
+    Finish,
+}
+
+/// The producing side of [`FileWriter::write_behind`]: tensors handed to it are written in order by
+/// the writer thread.
+pub struct Sink<'a> {
+    tx: SyncSender<Msg<'a>>,
+    stopped: Cell<bool>,
+}
+
+impl<'a> Sink<'a> {
+    /// Queues the next tensor (waiting while the queue is full). Its name and length are checked by
+    /// the writer against the header; an error here means the writer has stopped, and
+    /// [`FileWriter::write_behind`] returns the writer's own error instead.
+    pub fn write(&self, name: impl Into<String>, bytes: impl Into<Cow<'a, [u8]>>) -> Result<()> {
+        let name = name.into();
+        if self.tx.send(Msg::Tensor(name.clone(), bytes.into())).is_err() {
+            self.stopped.set(true);
+            return Err(Error::invalid(&name, "not written: the file writer stopped"));
+        }
+        Ok(())
+    }
+}
+
+impl FileWriter {
+    /// Runs `produce` on this thread while a scoped thread writes what it queues on the [`Sink`], so
+    /// the copies into the file overlap the computation of the next tensors. The file is finished
+    /// (flushed, synced, checked complete) only when `produce` succeeds; a writer error (a full disk)
+    /// is returned in preference to the error it causes in `produce`.
+    ///
+    /// ```no_run
+    /// use nvfp4::checkpoint::{FileWriter, TensorSpec};
+    /// let spec = TensorSpec { name: "x".into(), dtype: safetensors::Dtype::U8, shape: vec![4] };
+    /// let w = FileWriter::create("out.safetensors".as_ref(), vec![spec], &[])?;
+    /// w.write_behind(|sink| sink.write("x", vec![1u8, 2, 3, 4]))?;
+    /// # Ok::<(), nvfp4::Error>(())
+    /// ```
+    pub fn write_behind<'a, R>(self, produce: impl FnOnce(&Sink<'a>) -> Result<R>) -> Result<R> {
+        std::thread::scope(|scope| {
+            let (tx, rx) = sync_channel::<Msg<'a>>(WRITE_QUEUE);
+            let writer = scope.spawn(move || -> Result<()> {
+                let mut w = self;
+                for msg in rx {
+                    match msg {
+                        Msg::Tensor(name, bytes) => w.write(&name, &bytes)?,
+                        Msg::Finish => return w.finish(),
+                    }
+                }
+                // The producer failed: leave the temporary to its `Staged` owner.
+                Ok(())
+            });
+            let sink = Sink {
+                tx,
+                stopped: Cell::new(false),
+            };
+            let produced = produce(&sink);
+            if produced.is_ok() {
+                // A send error here means the writer stopped; `written` says why.
+                let _ = sink.tx.send(Msg::Finish);
+            }
+            let stopped = sink.stopped.get();
+            drop(sink);
+            let written = writer
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            match (produced, written) {
+                (Ok(r), Ok(())) => Ok(r),
+                (Err(e), Ok(())) => Err(e),
+                (Ok(_), Err(e)) => Err(e),
+                (Err(p), Err(w)) => Err(if stopped { w } else { p }),
+            }
+        })
     }
 }
 

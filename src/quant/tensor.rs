@@ -178,6 +178,19 @@ impl Nvfp4Tensor {
         Ok(self)
     }
 
+    /// The codes, the scales (in [`Nvfp4Tensor::scale_layout`]) and the global scale, moved out
+    /// without a copy (for writers that hand the buffers on).
+    ///
+    /// ```
+    /// use nvfp4::quant::{quantize, QuantizeOptions};
+    /// let q = quantize("w", &[1.0f32; 32], 1, 32, &QuantizeOptions::default()).unwrap();
+    /// let (codes, scales, s2) = q.into_parts();
+    /// assert_eq!((codes.len(), scales.len(), s2), (16, 2, 1.0 / 2688.0));
+    /// ```
+    pub fn into_parts(self) -> (Vec<u8>, Vec<u8>, f32) {
+        (self.codes, self.scales, self.global_scale)
+    }
+
     /// Bytes of codes plus scales plus the global scale: what the tensor costs in memory.
     pub fn size_bytes(&self) -> usize {
         self.codes.len() + self.scales.len() + 4
