@@ -7,16 +7,17 @@
 // of M, so every weight is decoded once and meets every activation row in one MMA. Padding rows of the
 // tile cost tensor-core time only, which is idle here anyway.
 //
-// The W4A16 kernels run their own main loop (w4v::gemv_loop below: row pointers once, branch-free full
-// steps, weights two steps ahead, activations one step ahead, rows g + 8 only when present); W4A4 still
-// runs w4::gemm_body<1>. Both share gemm_body's fragment order and epilogue, so results are unchanged.
+// The W4A16 kernels run their own main loop (w4v::gemv_loop below: row pointers once, full steps
+// unrolled by three over three rotating weight buffers, weights two steps ahead, rows g + 8 only when
+// present); W4A4 still runs w4::gemm_body<1>. Both share gemm_body's fragment order and epilogue, so
+// results are unchanged.
 //
 // Registers (ptxas, CUDA 13.0; sm_80 / sm_90a / sm_100a / sm_120f), no spills: w4a16_bf16 and w4a16_f16
-// 128 / 128 / 126 / 126 (capped by __launch_bounds__(128, 4): 4 blocks per SM, each thread with up to
-// 64 weight bytes in flight), w4a4 72 / 64 / 65 / 70. The host's split-K choice (ops::gemm) still
-// assumes 8 blocks per SM for this tile, so it splits K up to twice as far as needed to fill the GPU.
-// Before this loop (BENCHMARKS.md, H100): 1.4-1.8x cuBLAS bf16 at M <= 16, 0.35-0.45 of copy bandwidth,
-// the activation loads of each 8-element chunk sitting between MMAs. The new loop is not yet measured.
+// 162 / 128 / 128 / 126-128 (capped by __launch_bounds__: 4 blocks per SM, 3 on sm_80), w4a4 72 / 64 /
+// 65 / 70. SASS (sm_90a, bf16, rows g only): about 288 instructions per 128-element step and lane,
+// down from about 400 with the two-buffer loop (a quarter of which were register moves and reloaded
+// parameters). The host's split-K choice (ops::gemm) still assumes 8 blocks per SM for this tile.
+// Measured (BENCHMARKS.md, H200, the two-buffer loop): 0.30-0.36 of copy bandwidth at M <= 4.
 #include "common/w4_gemm.cuh"
 
 namespace w4v {
@@ -90,11 +91,28 @@ __device__ __forceinline__ void step_mma(float acc[kNT][4], const WStep &w, cons
     }
 }
 
+// One full step: optionally prefetch the weights of step + 2 into `slot` (the buffer the previous step
+// freed), load this step's activations (L1/L2 hits: every warp of the grid reads the same few rows), then
+// decode and multiply `cur`.
+template <bool BF16, bool HI>
+__device__ __forceinline__ void gemv_step(float acc[kNT][4], const WStep &cur, WStep &slot, bool prefetch,
+                                          const uint8_t *const pc[kNT], const uint8_t *const ps[kNT],
+                                          const uint16_t *a0, const uint16_t *a1, bool ok0, bool ok1, uint32_t step,
+                                          uint32_t K) {
+    if (prefetch) load_w_full(pc, ps, step + 2, slot);
+    uint4 x[2][4];
+    load_a<HI, true>(a0, a1, ok0, ok1, step * kStepK, K, x);
+    step_mma<BF16, HI>(acc, cur, x);
+}
+
 // The main loop of the 16-row W4A16 GEMV. Compared with gemm_body<1> (BENCHMARKS.md, "Why"): row
-// pointers are computed once; the full steps (the whole 128-element step inside K, K % 32 == 0) run a
-// branch-free loop whose weights are prefetched two steps ahead and whose activations (all four chunks,
-// rows g + 8 only when the tile has them) are loaded one step ahead, so no load sits between MMAs; the
-// ragged last step goes through the bounds-checked loads of gemm_body.
+// pointers are computed once, and the full steps (the whole 128-element step inside K, K % 32 == 0) run
+// unrolled by three with three weight buffers that rotate by name, so the weights two steps ahead are
+// in flight with no register copies and no bounds checks in the loop (the first SASS of this loop spent
+// about a quarter of its ~400 instructions per step on buffer moves and reloaded parameters, and the
+// kernel is issue-bound near bandwidth: ~28 weights per clock per SM at HBM3e speed). The last two to
+// four full steps run the same body with run-time prefetch flags; the ragged last step goes through the
+// bounds-checked loads of gemm_body.
 template <bool BF16, bool HI>
 __device__ __forceinline__ void gemv_loop(const nvfp4_gemm_params &p, float acc[kNT][4], uint32_t n_base,
                                           uint32_t m_base, uint32_t s_begin, uint32_t s_end) {
@@ -121,27 +139,25 @@ __device__ __forceinline__ void gemv_loop(const nvfp4_gemm_params &p, float acc[
     const uint16_t *a1 = reinterpret_cast<const uint16_t *>(p.a) + (uint64_t)(ok1 ? r1 : 0) * K + 32 * t;
 
     uint32_t step = s_begin;
-    if (step < full_end) {
-        WStep w0, w1;
-        uint4 x[2][4];
+    if (step + 2 <= full_end) {
+        WStep w0, w1, w2;
         load_w_full(pc, ps, step, w0);
-        if (step + 1 < full_end) load_w_full(pc, ps, step + 1, w1);
-        load_a<HI, true>(a0, a1, ok0, ok1, step * kStepK, K, x);
-        for (; step < full_end; ++step) {
-            WStep w2;
-            uint4 xn[2][4];
-            if (step + 2 < full_end) load_w_full(pc, ps, step + 2, w2);
-            if (step + 1 < full_end) load_a<HI, true>(a0, a1, ok0, ok1, (step + 1) * kStepK, K, xn);
-            step_mma<BF16, HI>(acc, w0, x);
-            w0 = w1;
-            w1 = w2;
-#pragma unroll
-            for (int r = 0; r < 2; ++r)
-#pragma unroll
-                for (int c = 0; c < 4; ++c) x[r][c] = xn[r][c];
+        load_w_full(pc, ps, step + 1, w1);
+        // Steady state: steps step..step+2 with step + 4 < full_end, so every prefetch is a full step.
+        for (; step + 5 <= full_end; step += 3) {
+            gemv_step<BF16, HI>(acc, w0, w2, true, pc, ps, a0, a1, ok0, ok1, step, K);
+            gemv_step<BF16, HI>(acc, w1, w0, true, pc, ps, a0, a1, ok0, ok1, step + 1, K);
+            gemv_step<BF16, HI>(acc, w2, w1, true, pc, ps, a0, a1, ok0, ok1, step + 2, K);
         }
+        // 2 to 4 full steps left, w0 and w1 holding the first two.
+        const uint32_t left = full_end - step;
+        gemv_step<BF16, HI>(acc, w0, w2, left >= 3, pc, ps, a0, a1, ok0, ok1, step, K);
+        gemv_step<BF16, HI>(acc, w1, w0, left >= 4, pc, ps, a0, a1, ok0, ok1, step + 1, K);
+        if (left >= 3) gemv_step<BF16, HI>(acc, w2, w1, false, pc, ps, a0, a1, ok0, ok1, step + 2, K);
+        if (left >= 4) gemv_step<BF16, HI>(acc, w0, w1, false, pc, ps, a0, a1, ok0, ok1, step + 3, K);
+        step = full_end;
     }
-    for (; step < s_end; ++step) {  // the ragged tail (or every step when K % 32 != 0)
+    for (; step < s_end; ++step) {  // a lone full step, the ragged tail, or every step when K % 32 != 0
         const uint32_t k0 = step * kStepK + 32 * t;
         WStep w;
 #pragma unroll
@@ -177,12 +193,20 @@ __device__ __forceinline__ void gemv_body(const nvfp4_gemm_params &p) {
 
 }  // namespace w4v
 
+// Four blocks per SM cap the W4A16 GEMV at 128 registers. sm_80 has no bf16 multiply, and the FMA that
+// replaces it (dequant.cuh) needs one more live register, which spilled at that cap: it gets three.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+#define W4V_MIN_BLOCKS 3
+#else
+#define W4V_MIN_BLOCKS 4
+#endif
 
-extern "C" __global__ void __launch_bounds__(w4::kThreads, 4) nvfp4_gemv_w4a16_bf16(nvfp4_gemm_params p) {
+
+extern "C" __global__ void __launch_bounds__(w4::kThreads, W4V_MIN_BLOCKS) nvfp4_gemv_w4a16_bf16(nvfp4_gemm_params p) {
     w4v::gemv_body<w4::kActBf16>(p);
 }
 
-extern "C" __global__ void __launch_bounds__(w4::kThreads, 4) nvfp4_gemv_w4a16_f16(nvfp4_gemm_params p) {
+extern "C" __global__ void __launch_bounds__(w4::kThreads, W4V_MIN_BLOCKS) nvfp4_gemv_w4a16_f16(nvfp4_gemm_params p) {
     w4v::gemv_body<w4::kActF16>(p);
 }
 

@@ -29,6 +29,10 @@ pub struct GemmArgs {
     /// Shapes on which W4A4 is timed too (empty: none).
     #[arg(long, default_value = "8192x8192")]
     pub w4a4_shapes: String,
+    /// Split-K factors to time W4A16 with as well, each forced, beside the plan's own choice
+    /// (comma-separated; empty: only the plan's choice). For tuning the split heuristic.
+    #[arg(long, default_value = "")]
+    pub splits: String,
     /// Timed repetitions per figure (the median is reported).
     #[arg(long, default_value_t = 15)]
     pub reps: usize,
@@ -138,6 +142,10 @@ pub fn gemm(a: &GemmArgs) -> anyhow::Result<()> {
     let ms = list(&a.m)?;
     let shapes = shapes(&a.shapes)?;
     let a4_shapes = shapes_or_empty(&a.w4a4_shapes)?;
+    let forced_splits = list(&a.splits)?;
+    if forced_splits.contains(&0) {
+        anyhow::bail!("--splits: a split-K factor is at least 1");
+    }
     let max_m = ms.iter().copied().max().unwrap_or(1);
     let max_elems = shapes
         .iter()
@@ -215,6 +223,27 @@ pub fn gemm(a: &GemmArgs) -> anyhow::Result<()> {
                 copy_bw,
                 plan.explain(),
             ));
+            for &split in &forced_splits {
+                let spec = GemmSpec {
+                    splits: Some(split),
+                    ..GemmSpec::w4a16(m, n, k)
+                };
+                let mut forced = GemmPlan::new(&dev, &s, &spec)?;
+                let t = median_us(&dev, &mut flush, a.reps, || {
+                    Ok(forced.w4a16(&dev, &s, &act, &w, None, &mut out)?)
+                })?;
+                rows.push(report(
+                    "W4A16",
+                    n,
+                    k,
+                    m,
+                    t,
+                    cublas,
+                    bytes,
+                    copy_bw,
+                    forced.explain(),
+                ));
+            }
             if a4_shapes.contains(&(n, k)) {
                 let aq = quantize("A", &a_host, m, k, &QuantizeOptions::default())?;
                 let aq = DeviceNvfp4::upload(&s, &aq)?;
