@@ -11,15 +11,23 @@
 // (tiling, loads, scale addressing, epilogue); for sm_80 and sm_100a it compiles to a trap and the host
 // refuses to launch it.
 //
-// Tiling (one CTA = 4 warps = 128 threads, a 64x64 tile of D):
+// Two kernels of one template (struct Tile below), the same K loop and so the same bits:
+//   nvfp4_gemm_fp4_sm120        64x64 tile of D, warps 2 (M) x 2 (N) of 32x32, 4 stages;
+//   nvfp4_gemm_fp4_small_sm120  16x64 tile, warps 1 x 4 of 16x16, 8 stages, for M <= 16 (decode):
+//     a 64-row tile there spends 3/4 of its instructions and A copies on rows past M. K is not split
+//     (that would change the order of accumulation, and so the bits, and need a workspace), so the
+//     small kernel gets its memory parallelism from a deeper pipeline instead.
+//
+// Tiling (one CTA = 4 warps = 128 threads; sizes below are the 64x64 tile's):
 //   * K step = 64 = one instruction deep. Per stage, A and W are 64 rows x 32 bytes (2 KiB each) and
 //     their scales 64 rows x 4 bytes (the 4 UE4M3 bytes of a row for one K step are one aligned word in
 //     the swizzled layout: 512-byte tiles of [32 lines][4 row groups][4 K blocks]). 4.5 KiB per stage,
-//     4 stages = 18 KiB of static shared memory: several CTAs per SM on a 100 KiB RTX 50 SM.
+//     4 stages = 18 KiB of static shared memory: several CTAs per SM on a 100 KiB RTX 50 SM (the small
+//     tile: 2.8 KiB per stage, 22.5 KiB).
 //   * Stage pipeline: cp.async (sm_80+; sm_120 has no wgmma, and TMA would need a tensor map per
 //     operand), STAGES - 1 steps in flight, zero fill for rows past M/N and K past k.
 //   * Warps 2 (M) x 2 (N), each 32x32 = 2 m16 x 4 n8 instructions per K step (8 per step, 32 f32
-//     accumulators per lane). A and W fragments come from shared memory with ldmatrix.x4 on the packed
+//     accumulators per lane; the small tile: 1 x 2, 8 accumulators). A and W fragments come from shared memory with ldmatrix.x4 on the packed
 //     bytes: an 8x8 b16 matrix of ldmatrix is 8 rows x 16 bytes, which is exactly the footprint of one
 //     A/B register of the FP4 instruction (4 bytes = 8 codes per lane, lane (g, t) at row g, bytes 4t).
 //     Rows are 32 bytes (two 16-byte chunks); chunk c of row r is stored at c ^ ((r >> 2) & 1), so the
@@ -27,8 +35,9 @@
 //   * Scales: one 32-bit shared load per lane per K step covers all 8 instructions of the warp, through
 //     the selectors: with thread-id-a = mt, lanes with t >> 1 == mt supply the rows of m-tile mt (row
 //     g + 8 (t & 1)); with thread-id-b = nt, lane t == nt supplies column g of n-tile nt.
+//     In the small tile one load covers its 2 instructions the same way.
 //
-// Budgets (ptxas -v, CUDA 13.0): see the closing comment of the kernel and README; no spills allowed
+// Budgets (ptxas -v, CUDA 13.0): see README; no spills allowed
 // (tools/check-sass.sh).
 
 #include <cuda_bf16.h>
@@ -43,17 +52,42 @@
 #if NVFP4_MMA_AVAILABLE
 namespace {
 
-constexpr int BM = 64, BN = 64;  // CTA tile
-constexpr int KSTEP = 64;        // K elements per stage = one instruction
+constexpr int KSTEP = 64;  // K elements per stage = one instruction
 constexpr int ROW_BYTES = KSTEP / 2;
-constexpr int STAGES = 4;
 constexpr int THREADS = 128;
 
+// A CTA tile: BM x BN of D, 4 warps as WARPS_M x (4 / WARPS_M), STAGES K steps of shared memory. Both
+// variants run the same K loop (one instruction per 64-wide K step, increasing K, no split), so their
+// bits are identical; only the shape of the work per CTA differs.
+template <int BM_, int BN_, int WARPS_M_, int STAGES_>
+struct Tile {
+    static constexpr int BM = BM_, BN = BN_, STAGES = STAGES_;
+    static constexpr int WARPS_M = WARPS_M_, WARPS_N = 4 / WARPS_M_;
+    static constexpr int WM = BM / WARPS_M, WN = BN / WARPS_N;  // one warp's tile
+    static constexpr int MT = WM / 16, NT = WN / 8;              // instructions per warp per K step
+    // The scale selectors are immediates 0..1 (A) and 0..3 (W): one m-tile per tid-a, one n-tile per
+    // tid-b. W fragments come two n8 tiles per ldmatrix.x4, hence NT even.
+    static_assert(WARPS_M * WARPS_N * 32 == THREADS, "4 warps");
+    static_assert(MT >= 1 && MT <= 2 && MT * 16 == WM, "1 or 2 m16 tiles per warp");
+    static_assert(NT >= 2 && NT <= 4 && NT % 2 == 0 && NT * 8 == WN, "2 or 4 n8 tiles per warp");
+    // load_stage's scale copies give each row one thread.
+    static_assert(BM + BN <= THREADS, "one scale word per thread");
+};
+
+// M >= 17: 64x64, 2x2 warps of 32x32, 4 stages (18 KiB).
+using LargeTile = Tile<64, 64, 2, 4>;
+// M <= 16 (decode, small batches): one m16 row of tiles, so no instruction or A copy is spent on rows
+// past M and the grid is ceil(N / 64) CTAs of 16x64, 4 warps of 16x16 side by side in N. With 1/4 of
+// the MMA work per K step, the K loop is bound by the weight stream, so the pipeline is deeper: 8
+// stages of 2.8 KiB (22.5 KiB), 7 weight tiles in flight per CTA.
+using SmallTile = Tile<16, 64, 1, 8>;
+
+template <class C>
 struct Stage {
-    uint8_t a[BM * ROW_BYTES];
-    uint8_t w[BN * ROW_BYTES];
-    uint32_t sfa[BM];
-    uint32_t sfw[BN];
+    uint8_t a[C::BM * ROW_BYTES];
+    uint8_t w[C::BN * ROW_BYTES];
+    uint32_t sfa[C::BM];
+    uint32_t sfw[C::BN];
 };
 
 // Byte offset of 16-byte chunk `c` (0..1) of tile row `r`: the XOR swizzle described above.
@@ -96,43 +130,48 @@ __device__ __forceinline__ uint64_t swizzled_word(uint64_t r, uint64_t s, uint64
     return (r / 128) * k_tiles * 512 + s * 512 + (r % 32) * 16 + ((r % 128) / 32) * 4;
 }
 
-// The code copies of K step `s` in pieces of PIECE bytes (16 or 8), 16 or 32 whole elements each, so a
-// piece is entirely inside K or entirely past it.
-template <int PIECE>
-__device__ __forceinline__ void load_codes(Stage &st, const nvfp4_gemm_fp4_params &p, uint64_t m0, uint64_t n0,
-                                           uint64_t s) {
-    const uint64_t row_bytes = p.k / 2;
-    constexpr int PER_ROW = ROW_BYTES / PIECE;         // pieces per tile row
-    constexpr int PER_THREAD = BM * PER_ROW / THREADS;  // 1 (16-byte) or 2 (8-byte)
+// The code copies of K step `s` for ROWS tile rows (global rows row0.., `rows` of them exist) in pieces
+// of PIECE bytes (16 or 8), 32 or 16 whole elements each, so a piece is entirely inside K or entirely
+// past it. Consecutive threads take consecutive pieces, so a warp's copies are contiguous in each row.
+template <int ROWS, int PIECE>
+__device__ __forceinline__ void load_codes(uint8_t *tile, const uint8_t *src, uint64_t row0, uint64_t rows,
+                                           uint64_t row_bytes, uint64_t s) {
+    constexpr int PER_ROW = ROW_BYTES / PIECE;
+    constexpr int PIECES = ROWS * PER_ROW;
 #pragma unroll
-    for (int i = 0; i < PER_THREAD; ++i) {
-        const int piece = threadIdx.x * PER_THREAD + i;
-        const int r = piece / PER_ROW, byte = (piece % PER_ROW) * PIECE;
-        const uint64_t kb = s * ROW_BYTES + byte;  // byte offset inside a global row
-        const int dst = chunk_offset(r, byte >> 4) + (byte & 15);
-        const bool k_ok = kb < row_bytes;
-        const bool a_ok = k_ok && m0 + r < p.m, w_ok = k_ok && n0 + r < p.n;
-        cp_async<PIECE>(st.a + dst, a_ok ? p.a_codes + (m0 + r) * row_bytes + kb : p.a_codes, a_ok);
-        cp_async<PIECE>(st.w + dst, w_ok ? p.w_codes + (n0 + r) * row_bytes + kb : p.w_codes, w_ok);
+    for (int i = 0; i < (PIECES + THREADS - 1) / THREADS; ++i) {
+        const int piece = threadIdx.x + i * THREADS;
+        if (PIECES % THREADS == 0 || piece < PIECES) {
+            const int r = piece / PER_ROW, byte = (piece % PER_ROW) * PIECE;
+            const uint64_t kb = s * ROW_BYTES + byte;  // byte offset inside a global row
+            const bool ok = kb < row_bytes && row0 + r < rows;
+            cp_async<PIECE>(tile + chunk_offset(r, byte >> 4) + (byte & 15),
+                            ok ? src + (row0 + r) * row_bytes + kb : src, ok);
+        }
     }
 }
 
 // Issues the copies of K step `s` into `st`. Code pieces are 16 bytes when every row start is 16-byte
 // aligned (`wide`: k % 32 == 0), else 8 bytes (k % 16 == 0 makes rows 8-byte aligned).
-__device__ __forceinline__ void load_stage(Stage &st, const nvfp4_gemm_fp4_params &p, uint64_t m0, uint64_t n0,
-                                           uint64_t s, uint64_t k_tiles, bool wide) {
+template <class C>
+__device__ __forceinline__ void load_stage(Stage<C> &st, const nvfp4_gemm_fp4_params &p, uint64_t m0,
+                                           uint64_t n0, uint64_t s, uint64_t k_tiles, bool wide) {
+    const uint64_t row_bytes = p.k / 2;
     if (wide) {
-        load_codes<16>(st, p, m0, n0, s);
+        load_codes<C::BM, 16>(st.a, p.a_codes, m0, p.m, row_bytes, s);
+        load_codes<C::BN, 16>(st.w, p.w_codes, n0, p.n, row_bytes, s);
     } else {
-        load_codes<8>(st, p, m0, n0, s);
+        load_codes<C::BM, 8>(st.a, p.a_codes, m0, p.m, row_bytes, s);
+        load_codes<C::BN, 8>(st.w, p.w_codes, n0, p.n, row_bytes, s);
     }
-    // Scales: rows up to the tile's end are inside the 128-row padding of the swizzled layout, and K
-    // steps inside its 4-block column padding, so these copies need no bounds.
+    // Scales: tiles start at multiples of their (power of two, <= 128) height, so rows up to a tile's
+    // end are inside the 128-row padding of the swizzled layout, and K steps inside its 4-block column
+    // padding: these copies need no bounds.
     const int tid = threadIdx.x;
-    if (tid < BM) {
+    if (tid < C::BM) {
         cp_async<4>(&st.sfa[tid], p.a_scales + swizzled_word(m0 + tid, s, k_tiles), true);
-    } else {
-        const int r = tid - BM;
+    } else if (tid < C::BM + C::BN) {
+        const int r = tid - C::BM;
         cp_async<4>(&st.sfw[r], p.w_scales + swizzled_word(n0 + r, s, k_tiles), true);
     }
 }
@@ -152,15 +191,15 @@ __device__ __forceinline__ void store<__nv_bfloat16>(void *out, uint64_t i, floa
     static_cast<__nv_bfloat16 *>(out)[i] = __float2bfloat16_rn(v);
 }
 
-template <typename T>
-__device__ __forceinline__ void epilogue(const nvfp4_gemm_fp4_params &p, const nvfp4_mma_acc (&acc)[2][4],
+template <class C, typename T>
+__device__ __forceinline__ void epilogue(const nvfp4_gemm_fp4_params &p, const nvfp4_mma_acc (&acc)[C::MT][C::NT],
                                          uint64_t row0, uint64_t col0) {
     const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const float alpha = __fmul_rn(*p.a_global_scale, *p.w_global_scale);
 #pragma unroll
-    for (int mt = 0; mt < 2; ++mt) {
+    for (int mt = 0; mt < C::MT; ++mt) {
 #pragma unroll
-        for (int nt = 0; nt < 4; ++nt) {
+        for (int nt = 0; nt < C::NT; ++nt) {
 #pragma unroll
             for (int i = 0; i < 4; ++i) {
                 const uint64_t row = row0 + mt * 16 + g + 8 * (i >> 1);
@@ -175,21 +214,36 @@ __device__ __forceinline__ void epilogue(const nvfp4_gemm_fp4_params &p, const n
     }
 }
 
-__device__ __forceinline__ void gemm_tile(const nvfp4_gemm_fp4_params &p, Stage (&stages)[STAGES]) {
+// The MT x NT instructions of one K step; the selectors must be immediates, hence the recursion
+// instead of a loop. Independent accumulators: their order does not change any bit.
+template <int MT, int NT, int I = 0>
+__device__ __forceinline__ void mma_step(nvfp4_mma_acc (&acc)[MT][NT], const uint32_t (&a)[MT][4],
+                                         const uint32_t (&b)[NT][2], uint32_t sfa, uint32_t sfw) {
+    if constexpr (I < MT * NT) {
+        constexpr int mt = I / NT, nt = I % NT;
+        nvfp4_mma_m16n8k64<mt, nt>(acc[mt][nt], a[mt][0], a[mt][1], a[mt][2], a[mt][3], b[nt][0], b[nt][1], sfa,
+                                   sfw);
+        mma_step<MT, NT, I + 1>(acc, a, b, sfa, sfw);
+    }
+}
+
+template <class C>
+__device__ __forceinline__ void gemm_tile(const nvfp4_gemm_fp4_params &p, Stage<C> (&stages)[C::STAGES]) {
+    constexpr int STAGES = C::STAGES, MT = C::MT, NT = C::NT;
     const bool wide = p.k % 32 == 0;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    const int wm = (warp & 1) * 32, wn = (warp >> 1) * 32;
-    const uint64_t m0 = (uint64_t)blockIdx.x * BM, n0 = (uint64_t)blockIdx.y * BN;
+    const int wm = (warp % C::WARPS_M) * C::WM, wn = (warp / C::WARPS_M) * C::WN;
+    const uint64_t m0 = (uint64_t)blockIdx.x * C::BM, n0 = (uint64_t)blockIdx.y * C::BN;
     const uint64_t steps = (p.k + KSTEP - 1) / KSTEP;  // = k_tiles of the swizzled layout
-    nvfp4_mma_acc acc[2][4];
+    nvfp4_mma_acc acc[MT][NT];
 #pragma unroll
-    for (int mt = 0; mt < 2; ++mt)
+    for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-        for (int nt = 0; nt < 4; ++nt) acc[mt][nt] = nvfp4_mma_acc{{0.0f, 0.0f, 0.0f, 0.0f}};
+        for (int nt = 0; nt < NT; ++nt) acc[mt][nt] = nvfp4_mma_acc{{0.0f, 0.0f, 0.0f, 0.0f}};
 
 #pragma unroll
     for (int s = 0; s < STAGES - 1; ++s) {
-        if (s < steps) load_stage(stages[s], p, m0, n0, s, steps, wide);
+        if (s < steps) load_stage<C>(stages[s], p, m0, n0, s, steps, wide);
         cp_async_commit();
     }
     // ldmatrix addresses: lane l gives row l % 8 of matrix l / 8. A: matrices (rows 0-7, chunk 0),
@@ -197,45 +251,41 @@ __device__ __forceinline__ void gemm_tile(const nvfp4_gemm_fp4_params &p, Stage 
     // (n 0-7, chunk 1), (n 8-15, chunk 0), (n 8-15, chunk 1) = b0, b1 of two n8 tiles.
     const int a_row = (lane & 7) + 8 * ((lane >> 3) & 1), a_chunk = lane >> 4;
     const int w_row = (lane & 7) + 8 * (lane >> 4), w_chunk = (lane >> 3) & 1;
-    // The scale word this lane supplies (see the header comment: selectors tidA = mt, tidB = nt).
-    const int sfa_row = wm + 16 * (t >> 1) + g + 8 * (t & 1);
-    const int sfw_row = wn + 8 * t + g;
+    // The scale word this lane supplies (see the header comment: selectors tidA = mt, tidB = nt). Lanes
+    // whose selector value has no tile in this warp (MT = 1: t >> 1 == 1; NT = 2: t >= 2) are ignored by
+    // the instruction; they read a row of their own warp's tile so every index stays inside the arrays.
+    const int sfa_row = wm + 16 * ((t >> 1) % MT) + g + 8 * (t & 1);
+    const int sfw_row = wn + 8 * (t % NT) + g;
 
 #pragma unroll 1
     for (uint64_t s = 0; s < steps; ++s) {
         cp_async_wait<STAGES - 2>();
         __syncthreads();  // step s is in; every warp is done with the slot refilled next
         const uint64_t next = s + STAGES - 1;
-        if (next < steps) load_stage(stages[next % STAGES], p, m0, n0, next, steps, wide);
+        if (next < steps) load_stage<C>(stages[next % STAGES], p, m0, n0, next, steps, wide);
         cp_async_commit();
 
-        const Stage &st = stages[s % STAGES];
-        uint32_t a[2][4], b[4][2];
+        const Stage<C> &st = stages[s % STAGES];
+        uint32_t a[MT][4], b[NT][2];
 #pragma unroll
-        for (int mt = 0; mt < 2; ++mt) {
+        for (int mt = 0; mt < MT; ++mt) {
             const int r = wm + mt * 16 + a_row;
             ldmatrix_x4(a[mt][0], a[mt][1], a[mt][2], a[mt][3], st.a + chunk_offset(r, a_chunk));
         }
 #pragma unroll
-        for (int np = 0; np < 2; ++np) {
+        for (int np = 0; np < NT / 2; ++np) {
             const int r = wn + np * 16 + w_row;
             ldmatrix_x4(b[2 * np][0], b[2 * np][1], b[2 * np + 1][0], b[2 * np + 1][1],
                         st.w + chunk_offset(r, w_chunk));
         }
-        const uint32_t sfa = st.sfa[sfa_row], sfw = st.sfw[sfw_row];
-#define NVFP4_MMA(mt, nt)                                                                               \
-    nvfp4_mma_m16n8k64<mt, nt>(acc[mt][nt], a[mt][0], a[mt][1], a[mt][2], a[mt][3], b[nt][0], b[nt][1], \
-                               sfa, sfw)
-        NVFP4_MMA(0, 0); NVFP4_MMA(0, 1); NVFP4_MMA(0, 2); NVFP4_MMA(0, 3);
-        NVFP4_MMA(1, 0); NVFP4_MMA(1, 1); NVFP4_MMA(1, 2); NVFP4_MMA(1, 3);
-#undef NVFP4_MMA
+        mma_step<MT, NT>(acc, a, b, st.sfa[sfa_row], st.sfw[sfw_row]);
     }
     cp_async_wait<0>();
 
     switch (p.out_dtype) {
-        case NVFP4_DTYPE_F32: epilogue<float>(p, acc, m0 + wm, n0 + wn); break;
-        case NVFP4_DTYPE_F16: epilogue<__half>(p, acc, m0 + wm, n0 + wn); break;
-        default: epilogue<__nv_bfloat16>(p, acc, m0 + wm, n0 + wn); break;
+        case NVFP4_DTYPE_F32: epilogue<C, float>(p, acc, m0 + wm, n0 + wn); break;
+        case NVFP4_DTYPE_F16: epilogue<C, __half>(p, acc, m0 + wm, n0 + wn); break;
+        default: epilogue<C, __nv_bfloat16>(p, acc, m0 + wm, n0 + wn); break;
     }
 }
 
@@ -254,17 +304,27 @@ __device__ __forceinline__ void probe_mma(int tid_a, int tid_b, nvfp4_mma_acc &a
 }  // namespace
 #endif  // NVFP4_MMA_AVAILABLE
 
-// 128 threads: the tiling above assumes exactly 4 warps.
+// 128 threads: both tilings assume exactly 4 warps.
 #ifndef NVFP4_GEMM_FP4_THREADS
 #define NVFP4_GEMM_FP4_THREADS 128
 #endif
 
 extern "C" __global__ void __launch_bounds__(NVFP4_GEMM_FP4_THREADS) nvfp4_gemm_fp4_sm120(nvfp4_gemm_fp4_params p) {
 #if NVFP4_MMA_AVAILABLE
-    __shared__ __align__(128) Stage stages[STAGES];
-    gemm_tile(p, stages);
+    __shared__ __align__(128) Stage<LargeTile> stages[LargeTile::STAGES];
+    gemm_tile<LargeTile>(p, stages);
 #else
     __trap();  // no FP4 MMA on this target; the host never launches it here
+#endif
+}
+
+extern "C" __global__ void __launch_bounds__(NVFP4_GEMM_FP4_THREADS)
+    nvfp4_gemm_fp4_small_sm120(nvfp4_gemm_fp4_params p) {
+#if NVFP4_MMA_AVAILABLE
+    __shared__ __align__(128) Stage<SmallTile> stages[SmallTile::STAGES];
+    gemm_tile<SmallTile>(p, stages);
+#else
+    __trap();
 #endif
 }
 

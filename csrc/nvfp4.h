@@ -192,7 +192,9 @@ typedef struct nvfp4_checksum_params {
  *   round-to-nearest operation, and one round-to-nearest-even to out_dtype: reference::mma::mma_gemm
  *   gives the same bits.
  *   Launch: blockDim.x = 128 (exactly), gridDim = (ceil(m / 64), ceil(n / 64)), no dynamic shared memory.
- *   k is a multiple of 16; the code rows are 8-byte aligned (16-byte when k % 32 == 0: the kernel then
+ * nvfp4_gemm_fp4_small_sm120: the same contract and the same bits with a 16x64 CTA tile (for M <= 16),
+ *   launched with blockDim.x = 128 (exactly), gridDim = (ceil(m / 16), ceil(n / 64)).
+ *   For both: k is a multiple of 16; the code rows are 8-byte aligned (16-byte when k % 32 == 0: the kernel then
  *   copies 16 bytes at a time).
  */
 typedef struct nvfp4_gemm_fp4_params {
@@ -249,6 +251,7 @@ extern "C" __global__ void nvfp4_gemm_w4a16_f16(nvfp4_gemm_params p);
 extern "C" __global__ void nvfp4_gemm_w4a4(nvfp4_gemm_params p);
 extern "C" __global__ void nvfp4_checksum(nvfp4_checksum_params p);
 extern "C" __global__ void nvfp4_gemm_fp4_sm120(nvfp4_gemm_fp4_params p);
+extern "C" __global__ void nvfp4_gemm_fp4_small_sm120(nvfp4_gemm_fp4_params p);
 extern "C" __global__ void nvfp4_mma_probe_sm120(nvfp4_mma_probe_params p);
 #endif
 

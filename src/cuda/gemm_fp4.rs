@@ -22,10 +22,14 @@ use crate::error::{Error, Result};
 use crate::format::ScaleLayout;
 use crate::format::scale_layout::{padded_cols, padded_rows};
 
-/// Threads per block of `nvfp4_gemm_fp4_sm120` (the kernel's tiling assumes exactly 4 warps).
+/// Threads per block of both GEMM kernels (their tilings assume exactly 4 warps).
 const GEMM_THREADS: u32 = 128;
-/// Rows of A and of W per block (the kernel's 64x64 tile).
-const GEMM_TILE: usize = 64;
+/// Rows of W per block, in both tile variants.
+const GEMM_TILE_N: usize = 64;
+/// The largest M that [`Fp4Tile::for_m`] gives the small tile: one 16-row tile covers all of M, so the
+/// weight is streamed once, while the 64-row tile would spend 3/4 of its instructions and A copies on
+/// rows past M at the same grid size.
+pub const SMALL_TILE_MAX_M: usize = 16;
 /// Largest grid.y the driver accepts.
 const MAX_GRID_Y: usize = 65_535;
 
@@ -81,39 +85,101 @@ pub struct GemmFp4Operands<'a> {
     pub bias: Option<&'a CudaSlice<f32>>,
 }
 
-/// The grid `(x, y)` of `nvfp4_gemm_fp4_sm120` for an `[m, k] x [n, k]^T` problem, or the typed error
-/// that makes it impossible: K not a multiple of 16, or more rows than the grid can cover. Plans call this
+/// The CTA tile of the FP4 GEMM: which of the two kernels of csrc/gemm_fp4_sm120.cu runs. Both give the
+/// same bits (one instruction per 64-wide K step in increasing K, no split of K); they differ in the
+/// work per block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Fp4Tile {
+    /// `nvfp4_gemm_fp4_sm120`: 64x64 tiles, 2x2 warps of 32x32, 4 cp.async stages.
+    Large,
+    /// `nvfp4_gemm_fp4_small_sm120`: 16x64 tiles, 4 warps of 16x16 side by side in N, 8 cp.async
+    /// stages: for M <= 16, where the K loop streams the weight.
+    Small,
+}
+
+impl Fp4Tile {
+    /// The tile for `m` rows: [`Fp4Tile::Small`] up to [`SMALL_TILE_MAX_M`], else [`Fp4Tile::Large`].
+    ///
+    /// ```
+    /// use nvfp4::cuda::gemm_fp4::Fp4Tile;
+    /// assert_eq!(Fp4Tile::for_m(16), Fp4Tile::Small);
+    /// assert_eq!(Fp4Tile::for_m(17), Fp4Tile::Large);
+    /// ```
+    pub fn for_m(m: usize) -> Self {
+        if m <= SMALL_TILE_MAX_M {
+            Fp4Tile::Small
+        } else {
+            Fp4Tile::Large
+        }
+    }
+
+    /// Rows of A (and of the output) per block.
+    pub const fn rows_m(self) -> usize {
+        match self {
+            Fp4Tile::Large => 64,
+            Fp4Tile::Small => 16,
+        }
+    }
+
+    /// Rows of W (output columns) per block.
+    pub const fn rows_n(self) -> usize {
+        GEMM_TILE_N
+    }
+
+    /// cp.async pipeline depth (K steps of shared memory).
+    pub const fn stages(self) -> usize {
+        match self {
+            Fp4Tile::Large => 4,
+            Fp4Tile::Small => 8,
+        }
+    }
+
+    /// The kernel that runs this tile.
+    pub const fn kernel(self) -> KernelId {
+        match self {
+            Fp4Tile::Large => KernelId::GemmFp4Sm120,
+            Fp4Tile::Small => KernelId::GemmFp4SmallSm120,
+        }
+    }
+}
+
+/// The grid `(x, y)` of the `tile` kernel for an `[m, k] x [n, k]^T` problem, or the typed error that
+/// makes it impossible: K not a multiple of 16, or more rows than the grid can cover. Plans call this
 /// once; [`gemm_fp4`] calls it again (it cannot fail there for a planned shape).
 ///
 /// ```
-/// use nvfp4::cuda::gemm_fp4::gemm_fp4_grid;
-/// assert_eq!(gemm_fp4_grid(1000, 70, 208).unwrap(), (16, 2));
-/// assert!(gemm_fp4_grid(4, 8, 40).is_err());
+/// use nvfp4::cuda::gemm_fp4::{Fp4Tile, gemm_fp4_grid};
+/// assert_eq!(gemm_fp4_grid(1000, 70, 208, Fp4Tile::Large).unwrap(), (16, 2));
+/// assert_eq!(gemm_fp4_grid(7, 70, 208, Fp4Tile::Small).unwrap(), (1, 2));
+/// assert_eq!(gemm_fp4_grid(17, 70, 208, Fp4Tile::Small).unwrap(), (2, 2));
+/// assert!(gemm_fp4_grid(4, 8, 40, Fp4Tile::Small).is_err());
 /// ```
-pub fn gemm_fp4_grid(m: usize, n: usize, k: usize) -> Result<(u32, u32)> {
+pub fn gemm_fp4_grid(m: usize, n: usize, k: usize, tile: Fp4Tile) -> Result<(u32, u32)> {
     if k % 16 != 0 {
         return Err(Error::shape("A", &[m, k], "K must be a multiple of 16"));
     }
-    let grid_y = n.div_ceil(GEMM_TILE);
+    let grid_y = n.div_ceil(tile.rows_n());
     if grid_y > MAX_GRID_Y {
         return Err(Error::shape(
             "W",
             &[n, k],
-            format!("at most {} rows", MAX_GRID_Y * GEMM_TILE),
+            format!("at most {} rows", MAX_GRID_Y * tile.rows_n()),
         ));
     }
-    let grid_x = u32::try_from(m.div_ceil(GEMM_TILE))
-        .map_err(|_| Error::shape("A", &[m, k], "fewer than 2^37 rows"))?;
+    let grid_x = u32::try_from(m.div_ceil(tile.rows_m()))
+        .map_err(|_| Error::shape("A", &[m, k], "fewer than 2^32 row tiles"))?;
     Ok((grid_x, grid_y as u32))
 }
 
 /// `out[m, n] = a_gs · w_gs · A · W^T (+ bias)` (see `nvfp4_gemm_fp4_params` in csrc/nvfp4.h), on a
-/// device that [`fp4_mma_on`] accepted with `allow_emulation`.
+/// device that [`fp4_mma_on`] accepted with `allow_emulation`, by the kernel of `tile` (any tile is
+/// correct for any shape; [`Fp4Tile::for_m`] is the fast one).
 pub fn gemm_fp4<T: crate::format::Element + DeviceRepr>(
     dev: &Device,
     stream: &Arc<CudaStream>,
     ops: &GemmFp4Operands,
     out: &mut CudaSlice<T>,
+    tile: Fp4Tile,
     allow_emulation: bool,
 ) -> Result<()> {
     dev.check_stream(stream)?;
@@ -136,7 +202,7 @@ pub fn gemm_fp4<T: crate::format::Element + DeviceRepr>(
     if m == 0 || n == 0 {
         return Ok(());
     }
-    let (grid_x, grid_y) = gemm_fp4_grid(m, n, k)?;
+    let (grid_x, grid_y) = gemm_fp4_grid(m, n, k, tile)?;
     let (ac, _g0) = ops.a_codes.device_ptr(stream);
     let (asf, _g1) = ops.a_scales.device_ptr(stream);
     let (ags, _g2) = ops.a_global_scale.device_ptr(stream);
@@ -165,14 +231,14 @@ pub fn gemm_fp4<T: crate::format::Element + DeviceRepr>(
         block_dim: (GEMM_THREADS, 1, 1),
         shared_mem_bytes: 0,
     };
-    let k_id = KernelId::GemmFp4Sm120;
+    let k_id = tile.kernel();
     let mut b = stream.launch_builder(dev.function(k_id)?);
     b.arg(&p);
     // SAFETY: `p` is the kernel's single by-value parameter (the struct of csrc/nvfp4.h, bindgen-checked);
     // every pointer comes from a live buffer whose length was checked above against the shape in `p`
     // (swizzled scales padded to 128 rows and 4 block-columns, which is what the kernel reads without
-    // bounds); the grid is exactly the kernel's documented one, and the device runs the instruction
-    // (checked by fp4_mma_on), so the trap body of other targets is never launched.
+    // bounds); the grid is exactly the documented one of `tile`'s kernel (csrc/nvfp4.h), and the device
+    // runs the instruction (checked by fp4_mma_on), so the trap body of other targets is never launched.
     unsafe { b.launch(cfg) }.map_err(cuda(format!("launching `{}`", k_id.symbol())))?;
     Ok(())
 }

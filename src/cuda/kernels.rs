@@ -37,13 +37,15 @@ pub enum KernelId {
     Checksum,
     /// W4A4 NVFP4 GEMM on the sm_120 block-scaled FP4 tensor cores (emulated on sm_90a, a trap elsewhere).
     GemmFp4Sm120,
+    /// The same GEMM with 16x64 tiles, for M <= 16 (emulated on sm_90a, a trap elsewhere).
+    GemmFp4SmallSm120,
     /// The bare sm_120 FP4 MMA (or its emulation) on independent tiles, for tests.
     MmaProbeSm120,
 }
 
 impl KernelId {
     /// Every kernel.
-    pub const ALL: [KernelId; 14] = [
+    pub const ALL: [KernelId; 15] = [
         KernelId::Amax,
         KernelId::GlobalScale,
         KernelId::Quantize,
@@ -57,6 +59,7 @@ impl KernelId {
         KernelId::GemmW4a4,
         KernelId::Checksum,
         KernelId::GemmFp4Sm120,
+        KernelId::GemmFp4SmallSm120,
         KernelId::MmaProbeSm120,
     ];
 
@@ -76,6 +79,7 @@ impl KernelId {
             KernelId::GemmW4a4 => "nvfp4_gemm_w4a4",
             KernelId::Checksum => "nvfp4_checksum",
             KernelId::GemmFp4Sm120 => "nvfp4_gemm_fp4_sm120",
+            KernelId::GemmFp4SmallSm120 => "nvfp4_gemm_fp4_small_sm120",
             KernelId::MmaProbeSm120 => "nvfp4_mma_probe_sm120",
         }
     }
@@ -91,7 +95,9 @@ impl KernelId {
             KernelId::GemvW4a16Bf16 | KernelId::GemvW4a16F16 | KernelId::GemvW4a4 => "gemv_w4a16",
             KernelId::GemmW4a16Bf16 | KernelId::GemmW4a16F16 | KernelId::GemmW4a4 => "gemm_w4a16",
             KernelId::Checksum => "offload",
-            KernelId::GemmFp4Sm120 | KernelId::MmaProbeSm120 => "gemm_fp4_sm120",
+            KernelId::GemmFp4Sm120 | KernelId::GemmFp4SmallSm120 | KernelId::MmaProbeSm120 => {
+                "gemm_fp4_sm120"
+            }
         }
     }
 }

@@ -8,7 +8,7 @@ use half::bf16;
 
 use super::quantize::{DeviceNvfp4, GpuElement};
 use crate::cuda::Device;
-use crate::cuda::gemm_fp4::{self, GEMM_SCALE_LAYOUT, GemmFp4Operands};
+use crate::cuda::gemm_fp4::{self, Fp4Tile, GEMM_SCALE_LAYOUT, GemmFp4Operands, SMALL_TILE_MAX_M};
 use crate::error::{Error, Result};
 use crate::quant::{GlobalScale, GlobalScaleRule, NonFinite, QuantizeOptions};
 
@@ -26,7 +26,8 @@ pub enum Fp4Backend {
 
 /// `out[M, N] = alpha · A[M, K] · W[N, K]^T (+ bias[N])` with `alpha = a.global_scale · w.global_scale`,
 /// accumulated by the block-scaled FP4 instruction in increasing K and rounded once to `T`; the bits are
-/// those of [`crate::reference::mma::mma_gemm`]. Enqueues work on `stream`, never synchronizes.
+/// those of [`crate::reference::mma::mma_gemm`]. Enqueues work on `stream`, never synchronizes. The tile
+/// is [`Fp4Tile::for_m`] of A's rows (force one through [`Fp4GemmSpec::tile`]).
 ///
 /// Both operands need 128x4 swizzled scales (convert with [`DeviceNvfp4::set_scale_layout`]); K is the
 /// stored K (a multiple of 16), equal for both.
@@ -51,6 +52,29 @@ pub fn gemm_fp4<T: GpuElement>(
     bias: Option<&CudaSlice<f32>>,
     out: &mut CudaSlice<T>,
     backend: Fp4Backend,
+) -> Result<()> {
+    gemm_fp4_tiled(
+        dev,
+        stream,
+        a,
+        w,
+        bias,
+        out,
+        backend,
+        Fp4Tile::for_m(a.shape()[0]),
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn gemm_fp4_tiled<T: GpuElement>(
+    dev: &Device,
+    stream: &Arc<CudaStream>,
+    a: &DeviceNvfp4,
+    w: &DeviceNvfp4,
+    bias: Option<&CudaSlice<f32>>,
+    out: &mut CudaSlice<T>,
+    backend: Fp4Backend,
+    tile: Fp4Tile,
 ) -> Result<()> {
     for (name, t) in [("A", a), ("W", w)] {
         if t.scale_layout() != GEMM_SCALE_LAYOUT {
@@ -84,7 +108,7 @@ pub fn gemm_fp4<T: GpuElement>(
         w_global_scale: &w.global_scale,
         bias,
     };
-    gemm_fp4::gemm_fp4(dev, stream, &ops, out, backend == Fp4Backend::Sm120Emulated)
+    gemm_fp4::gemm_fp4(dev, stream, &ops, out, tile, backend == Fp4Backend::Sm120Emulated)
 }
 
 /// What to plan for the FP4 GEMM: `out[m, n] = A[m, k] · W[n, k]^T`, with `k` the stored K (a multiple
@@ -100,21 +124,25 @@ pub struct Fp4GemmSpec {
     /// Force a backend; `None` chooses by compute capability (sm_12x: [`Fp4Backend::Native`]; other GPUs
     /// are refused, since the emulation is for verification only and must be asked for).
     pub backend: Option<Fp4Backend>,
+    /// Force a CTA tile (tests, benchmarks); `None` chooses by M ([`Fp4Tile::for_m`]). Every tile gives
+    /// the same bits.
+    pub tile: Option<Fp4Tile>,
 }
 
 impl Fp4GemmSpec {
-    /// An `[m, k] x [n, k]^T` problem with the backend chosen by the device.
+    /// An `[m, k] x [n, k]^T` problem with the backend chosen by the device and the tile by M.
     pub fn new(m: usize, n: usize, k: usize) -> Self {
         Fp4GemmSpec {
             m,
             n,
             k,
             backend: None,
+            tile: None,
         }
     }
 }
 
-/// A validated FP4 GEMM: the backend, the grid and why, checked once by [`Fp4GemmPlan::new`]; a launch
+/// A validated FP4 GEMM: the backend, the tile, the grid and why, checked once by [`Fp4GemmPlan::new`]; a launch
 /// only checks that the operands are the planned ones, so it cannot fail on the shape.
 ///
 /// ```no_run
@@ -130,6 +158,7 @@ impl Fp4GemmSpec {
 pub struct Fp4GemmPlan {
     spec: Fp4GemmSpec,
     backend: Fp4Backend,
+    tile: Fp4Tile,
     reason: String,
 }
 
@@ -146,20 +175,44 @@ impl Fp4GemmPlan {
             ),
         };
         gemm_fp4::fp4_mma_on(dev, backend == Fp4Backend::Sm120Emulated)?;
-        let (gx, gy) = gemm_fp4::gemm_fp4_grid(spec.m, spec.n, spec.k)?;
+        let (tile, tile_why) = match spec.tile {
+            Some(t) => (t, "forced by the caller".to_string()),
+            None if spec.m <= SMALL_TILE_MAX_M => (
+                Fp4Tile::Small,
+                format!(
+                    "M = {} <= {SMALL_TILE_MAX_M}: one 16-row tile covers M, so the weight streams once                      and no instruction is spent on rows past M",
+                    spec.m
+                ),
+            ),
+            None => (
+                Fp4Tile::Large,
+                format!(
+                    "M = {} > {SMALL_TILE_MAX_M}: 64-row tiles reuse each weight tile 64 times",
+                    spec.m
+                ),
+            ),
+        };
+        let (gx, gy) = gemm_fp4::gemm_fp4_grid(spec.m, spec.n, spec.k, tile)?;
         let reason = format!(
-            "W4A4 FP4 GEMM M={} N={} K={} on {} ({} SMs): kernel nvfp4_gemm_fp4_sm120, {:?} backend ({why}); \
-             64x64 tiles, 4-stage cp.async, grid {gx}x{gy}x1, 128 threads; workspace 0 bytes",
+            "W4A4 FP4 GEMM M={} N={} K={} on {} ({} SMs): kernel {}, {:?} backend ({why}); \
+             {:?} tile {}x{} ({tile_why}), {}-stage cp.async, grid {gx}x{gy}x1, 128 threads; \
+             workspace 0 bytes",
             spec.m,
             spec.n,
             spec.k,
             info.arch(),
             info.sm_count,
+            tile.kernel().symbol(),
             backend,
+            tile,
+            tile.rows_m(),
+            tile.rows_n(),
+            tile.stages(),
         );
         Ok(Fp4GemmPlan {
             spec: *spec,
             backend,
+            tile,
             reason,
         })
     }
@@ -172,6 +225,11 @@ impl Fp4GemmPlan {
     /// The backend the plan launches.
     pub fn backend(&self) -> Fp4Backend {
         self.backend
+    }
+
+    /// The CTA tile (and so the kernel) the plan launches.
+    pub fn tile(&self) -> Fp4Tile {
+        self.tile
     }
 
     /// Device bytes the plan holds: none (the kernel needs no workspace).
@@ -211,7 +269,7 @@ impl Fp4GemmPlan {
                 ));
             }
         }
-        gemm_fp4(dev, stream, a, w, bias, out, self.backend)
+        gemm_fp4_tiled(dev, stream, a, w, bias, out, self.backend, self.tile)
     }
 }
 
@@ -287,6 +345,7 @@ pub fn linear_nvfp4<T: GpuElement>(
         n,
         k: weight.cols_padded(),
         backend: opts.backend,
+        tile: None,
     };
     let plan = Fp4GemmPlan::new(dev, &spec)?;
     let q = opts.quantize_options();

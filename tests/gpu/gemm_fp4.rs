@@ -10,7 +10,9 @@ use half::{bf16, f16};
 use nvfp4::cuda::gemm_fp4::{MmaProbeTiles, fp4_mma_on, mma_probe};
 use nvfp4::cuda::{Device, alloc_zeros, download, upload};
 use nvfp4::format::ScaleLayout;
-use nvfp4::ops::{self, DeviceNvfp4, Fp4Backend, Fp4GemmPlan, Fp4GemmSpec, GpuElement, LinearNvfp4Options};
+use nvfp4::ops::{
+    self, DeviceNvfp4, Fp4Backend, Fp4GemmPlan, Fp4GemmSpec, Fp4Tile, GpuElement, LinearNvfp4Options,
+};
 use nvfp4::quant::{self, QuantizeOptions};
 use nvfp4::reference::mma::{self, MmaGemmEpilogue, MmaTile, VectorCase};
 use nvfp4::reference::{self, synthetic::Rng};
@@ -191,9 +193,12 @@ fn operand(rng: &mut Rng, name: &str, rows: usize, k: usize, raw: bool) -> Nvfp4
     t.with_scale_layout(ScaleLayout::Swizzled128x4).unwrap()
 }
 
+/// The GEMM on the device against `mma_gemm`, bit for bit, into a NaN-poisoned output: through
+/// `ops::gemm_fp4` (the tile chosen by M) when `tile` is `None`, else through a plan forcing `tile`.
 fn check_gemm<T: GpuElement>(
     dev: &Device,
     backend: Fp4Backend,
+    tile: Option<Fp4Tile>,
     a: &Nvfp4Tensor,
     w: &Nvfp4Tensor,
     bias: Option<&[f32]>,
@@ -206,7 +211,25 @@ fn check_gemm<T: GpuElement>(
     let dw = DeviceNvfp4::upload(s, w).unwrap();
     let db = bias.map(|b| upload(s, "bias", b).unwrap());
     let mut out = upload(s, "out", &vec![T::from_f32(f32::NAN); m * n]).unwrap();
-    ops::gemm_fp4(dev, s, &da, &dw, db.as_ref(), &mut out, backend).unwrap();
+    match tile {
+        None => ops::gemm_fp4(dev, s, &da, &dw, db.as_ref(), &mut out, backend).unwrap(),
+        Some(t) => {
+            let spec = Fp4GemmSpec {
+                backend: Some(backend),
+                tile: Some(t),
+                ..Fp4GemmSpec::new(m, n, a.cols_padded())
+            };
+            let plan = Fp4GemmPlan::new(dev, &spec).unwrap();
+            // A plan that ignored the forced tile would test the other kernel twice.
+            assert_eq!(plan.tile(), t, "{what}");
+            assert!(
+                plan.explain().contains(t.kernel().symbol()),
+                "{what}: {}",
+                plan.explain()
+            );
+            plan.launch(dev, s, &da, &dw, db.as_ref(), &mut out).unwrap();
+        }
+    }
     let got = download(s, "out", &out).unwrap();
     for (i, (g, e)) in got.iter().zip(&want).enumerate() {
         let (g, e) = (g.to_f32(), e.to_f32());
@@ -252,10 +275,101 @@ fn gpu_gemm_fp4_matches_the_chained_mma_model_bit_for_bit() {
         let w = operand(&mut rng, "W", n, k, !raw);
         let bias: Vec<f32> = (0..n).map(|_| rng.normal() * 4.0).collect();
         let what = |t: &str, b: bool| format!("seed {seed} M={m} N={n} K={k} {t} bias={b} raw_a={raw}");
-        check_gemm::<f32>(&dev, backend, &a, &w, None, &what("f32", false));
-        check_gemm::<f32>(&dev, backend, &a, &w, Some(&bias), &what("f32", true));
-        check_gemm::<bf16>(&dev, backend, &a, &w, Some(&bias), &what("bf16", true));
-        check_gemm::<f16>(&dev, backend, &a, &w, None, &what("f16", false));
+        check_gemm::<f32>(&dev, backend, None, &a, &w, None, &what("f32", false));
+        check_gemm::<f32>(&dev, backend, None, &a, &w, Some(&bias), &what("f32", true));
+        check_gemm::<bf16>(&dev, backend, None, &a, &w, Some(&bias), &what("bf16", true));
+        check_gemm::<f16>(&dev, backend, None, &a, &w, None, &what("f16", false));
+    }
+}
+
+#[test]
+fn gpu_gemm_fp4_both_tiles_match_the_chained_mma_model_bit_for_bit() {
+    let name = "gpu_gemm_fp4_both_tiles_match_the_chained_mma_model_bit_for_bit";
+    let Some(dev) = device(name) else {
+        return;
+    };
+    let Some(backend) = backend(&dev, name) else {
+        return;
+    };
+    let seed = Rng::fresh_seed();
+    let mut rng = Rng::new(seed);
+    // Each tile on each M, both sides of the small tile's limit (16 | 17: one full 16-row tile, then a
+    // second holding one row) and several row tiles of either (128); N never a multiple of 64 but for
+    // one shape, K % 32 == 16 (8-byte copies) and K % 32 == 0 (16-byte copies), K shorter and longer
+    // than the small tile's 8-stage pipeline.
+    let shapes: &[(usize, usize, usize)] = if under_sanitizer() {
+        &[(1, 70, 208), (17, 72, 80)]
+    } else {
+        &[
+            (1, 200, 1008),
+            (1, 8, 16),
+            (7, 70, 208),
+            (16, 130, 320),
+            (16, 64, 64),
+            (17, 72, 80),
+            (17, 136, 1024),
+            (128, 96, 272),
+        ]
+    };
+    for (i, &(m, n, k)) in shapes.iter().enumerate() {
+        let raw = i % 2 == 0;
+        let a = operand(&mut rng, "A", m, k, raw);
+        let w = operand(&mut rng, "W", n, k, !raw);
+        let bias: Vec<f32> = (0..n).map(|_| rng.normal() * 4.0).collect();
+        for tile in [Fp4Tile::Small, Fp4Tile::Large] {
+            let what = |t: &str, b: bool| {
+                format!("seed {seed} {tile:?} tile M={m} N={n} K={k} {t} bias={b} raw_a={raw}")
+            };
+            let t = Some(tile);
+            check_gemm::<f32>(&dev, backend, t, &a, &w, None, &what("f32", false));
+            check_gemm::<f32>(&dev, backend, t, &a, &w, Some(&bias), &what("f32", true));
+            check_gemm::<bf16>(&dev, backend, t, &a, &w, Some(&bias), &what("bf16", true));
+            check_gemm::<bf16>(&dev, backend, t, &a, &w, None, &what("bf16", false));
+            check_gemm::<f16>(&dev, backend, t, &a, &w, Some(&bias), &what("f16", true));
+            check_gemm::<f16>(&dev, backend, t, &a, &w, None, &what("f16", false));
+        }
+    }
+}
+
+#[test]
+fn gpu_gemm_fp4_plan_takes_the_small_tile_up_to_m_16() {
+    let name = "gpu_gemm_fp4_plan_takes_the_small_tile_up_to_m_16";
+    let Some(dev) = device(name) else {
+        return;
+    };
+    let Some(backend) = backend(&dev, name) else {
+        return;
+    };
+    for (m, want) in [
+        (1, Fp4Tile::Small),
+        (16, Fp4Tile::Small),
+        (17, Fp4Tile::Large),
+        (4096, Fp4Tile::Large),
+    ] {
+        let spec = Fp4GemmSpec {
+            backend: Some(backend),
+            ..Fp4GemmSpec::new(m, 4096, 4096)
+        };
+        let plan = Fp4GemmPlan::new(&dev, &spec).unwrap();
+        let e = plan.explain();
+        assert_eq!(plan.tile(), want, "M={m}: {e}");
+        assert!(e.contains(want.kernel().symbol()), "M={m}: {e}");
+        assert!(e.contains(&format!("M = {m}")), "M={m} (the reason): {e}");
+        let forced = if want == Fp4Tile::Small {
+            Fp4Tile::Large
+        } else {
+            Fp4Tile::Small
+        };
+        let plan = Fp4GemmPlan::new(
+            &dev,
+            &Fp4GemmSpec {
+                tile: Some(forced),
+                ..spec
+            },
+        )
+        .unwrap();
+        assert_eq!(plan.tile(), forced, "M={m}");
+        assert!(plan.explain().contains("forced"), "{}", plan.explain());
     }
 }
 
@@ -316,8 +430,9 @@ fn run_planned<O: GpuElement>(
     };
     let plan = Fp4GemmPlan::new(dev, &spec).unwrap();
     assert_eq!(plan.workspace_bytes(), 0);
+    assert_eq!(plan.tile(), Fp4Tile::for_m(m), "{}", plan.explain());
     assert!(
-        plan.explain().contains("nvfp4_gemm_fp4_sm120"),
+        plan.explain().contains(plan.tile().kernel().symbol()),
         "{}",
         plan.explain()
     );
