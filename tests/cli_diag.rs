@@ -185,9 +185,27 @@ fn demo_json_has_every_key() {
             "quantize_ms",
             "reference_ms",
             "nvfp4_ms",
+            "output_hash",
+            "streamed",
+            "streamed_blocks",
+            "prefetch_depth",
+            "upload_ms",
+            "compute_ms",
+            "stall_ms",
+            "upload_overlap",
+            "bytes_uploaded",
+            "pageable_tensors",
         ],
         "demo",
     );
+    // On the GPU the blocks stream through the prefetcher; on the CPU there is nothing to stream.
+    if v["backend"] == "gpu" {
+        assert_eq!(v["streamed"], true, "{v}");
+        assert_eq!(v["streamed_blocks"].as_u64(), Some(2), "{v}");
+    } else {
+        assert_eq!(v["streamed"], false, "{v}");
+        assert!(v["streamed_blocks"].is_null(), "{v}");
+    }
     // NVFP4 costs accuracy but keeps the signal: well above 10 dB on this seeded model.
     assert!(v["snr_db"].as_f64().expect("snr") > 10.0, "{v}");
     assert!(v["memory_saved"].as_f64().expect("saved") > 0.7, "{v}");

@@ -17,3 +17,5 @@ mod gemm_fp4;
 mod offload;
 #[path = "gpu/quantize.rs"]
 mod quantize;
+#[path = "gpu/slot_gemm.rs"]
+mod slot_gemm;

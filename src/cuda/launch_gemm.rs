@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use cudarc::driver::{
-    CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg,
+    CudaSlice, CudaStream, CudaView, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg,
 };
 
 use super::abi;
@@ -141,14 +141,16 @@ impl GemmGeometry {
 
 /// An NVFP4 operand on the device in the kernels' layout: codes `[rows, K/2]`, linear E4M3 scales
 /// `[rows, K/16]`, one f32 global scale.
-#[derive(Clone, Copy)]
+///
+/// Views, so that an operand may live in an owned tensor (`CudaSlice::as_view`) or in a part of a larger
+/// buffer (a prefetcher slot); the lengths are checked against the geometry at launch.
 pub struct Fp4Operand<'a> {
     /// Packed codes, element `2i` in the low nibble.
-    pub codes: &'a CudaSlice<u8>,
+    pub codes: CudaView<'a, u8>,
     /// Linear block scales.
-    pub scales: &'a CudaSlice<u8>,
+    pub scales: CudaView<'a, u8>,
     /// The global scale (decode convention).
-    pub global_scale: &'a CudaSlice<f32>,
+    pub global_scale: CudaView<'a, f32>,
 }
 
 /// Split-K scratch: partial sums and tile counters of [`GemmGeometry::workspace_len`] and

@@ -109,6 +109,7 @@ impl<A: StagingAllocator<Buffer = PinnedBuffer>> ModelOffloader<A> {
             d.slice(0..self.total),
             &self.layouts,
             &self.block,
+            &self.streams.compute,
         ))
     }
 

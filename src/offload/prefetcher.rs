@@ -13,7 +13,7 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::{CudaEvent, CudaSlice, CudaView};
+use cudarc::driver::{CudaEvent, CudaSlice, CudaStream, CudaView};
 use half::bf16;
 
 use super::model::{HostBlock, HostTensor, TensorLayout, Weight, layout_block, nvfp4_meta, write_staged};
@@ -22,7 +22,7 @@ use crate::cuda::{
     copy_h2d_async, cuda_err, new_event,
 };
 use crate::error::{Error, Result};
-use crate::ops::Nvfp4View;
+use crate::ops::{Nvfp4View, SlotWeight};
 
 /// How many blocks stream and through how many slots.
 #[derive(Clone, Copy, Debug)]
@@ -404,6 +404,7 @@ impl<A: StagingAllocator<Buffer = PinnedBuffer>> LayerPrefetcher<A> {
             bytes,
             layouts,
             host: &self.blocks[i],
+            stream: &self.streams.compute,
         })
     }
 
@@ -523,6 +524,8 @@ pub struct DeviceBlock<'a> {
     bytes: CudaView<'a, u8>,
     layouts: &'a [TensorLayout],
     host: &'a HostBlock,
+    /// The compute stream, whose recorded events free the block's memory for reuse.
+    stream: &'a Arc<CudaStream>,
 }
 
 impl<'a> DeviceBlock<'a> {
@@ -531,12 +534,14 @@ impl<'a> DeviceBlock<'a> {
         bytes: CudaView<'a, u8>,
         layouts: &'a [TensorLayout],
         host: &'a HostBlock,
+        stream: &'a Arc<CudaStream>,
     ) -> Self {
         DeviceBlock {
             index,
             bytes,
             layouts,
             host,
+            stream,
         }
     }
 
@@ -571,6 +576,7 @@ impl<'a> DeviceBlock<'a> {
         let t = &self.host.tensors[j];
         Ok(DeviceTensor {
             host: t,
+            stream: self.stream,
             parts: l
                 .parts
                 .iter()
@@ -594,6 +600,7 @@ impl<'a> DeviceBlock<'a> {
 /// One tensor of a [`DeviceBlock`]: views into the slot.
 pub struct DeviceTensor<'a> {
     host: &'a HostTensor,
+    stream: &'a Arc<CudaStream>,
     parts: Vec<CudaView<'a, u8>>,
 }
 
@@ -625,6 +632,21 @@ impl<'a> DeviceTensor<'a> {
             scales: self.parts[1].slice(..),
             global_scale: cast_view::<f32>(&self.parts[2])?,
         })
+    }
+
+    /// The NVFP4 weight for [`crate::ops::GemmPlan::w4a16_slot`]: the [`DeviceTensor::nvfp4`] views, tied to
+    /// the block's lifetime and to the compute stream the slot is ordered on (so a GEMM reading the slot
+    /// is enqueued before `done` frees it). An error for other weights.
+    ///
+    /// ```no_run
+    /// # fn f(pf: &mut nvfp4::offload::LayerPrefetcher) -> nvfp4::Result<()> {
+    /// let block = pf.block(0)?;
+    /// let w = block.get("mlp.up")?.slot_weight()?;
+    /// assert_eq!(w.view().global_scale.len(), 1);
+    /// # Ok(()) }
+    /// ```
+    pub fn slot_weight(&self) -> Result<SlotWeight<'a>> {
+        Ok(SlotWeight::new(self.nvfp4()?, self.stream))
     }
 
     /// The bf16 view, or an error for other weights.

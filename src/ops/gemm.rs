@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use cudarc::driver::{CudaSlice, CudaStream};
 
-use super::quantize::{DeviceNvfp4, GpuElement};
+use super::quantize::{DeviceNvfp4, GpuElement, Nvfp4View};
 use crate::cuda::launch_gemm::{self, Fp4Operand, GemmGeometry, GemmTile, STEP_K, SplitWorkspace};
 use crate::cuda::{Device, alloc_zeros};
 use crate::error::{Error, Result};
@@ -320,9 +320,9 @@ impl GemmPlan {
         self.check_weight("W", w, self.spec.n)?;
         let g = self.geometry;
         let wop = Fp4Operand {
-            codes: &w.codes,
-            scales: &w.scales,
-            global_scale: &w.global_scale,
+            codes: w.codes.as_view(),
+            scales: w.scales.as_view(),
+            global_scale: w.global_scale.as_view(),
         };
         launch_gemm::w4a16(dev, stream, &g, a, wop, bias, out, self.split_ws())
     }
@@ -364,15 +364,151 @@ impl GemmPlan {
         self.check_weight("W", w, self.spec.n)?;
         let g = self.geometry;
         let aop = Fp4Operand {
-            codes: &a.codes,
-            scales: &a.scales,
-            global_scale: &a.global_scale,
+            codes: a.codes.as_view(),
+            scales: a.scales.as_view(),
+            global_scale: a.global_scale.as_view(),
         };
         let wop = Fp4Operand {
-            codes: &w.codes,
-            scales: &w.scales,
-            global_scale: &w.global_scale,
+            codes: w.codes.as_view(),
+            scales: w.scales.as_view(),
+            global_scale: w.global_scale.as_view(),
         };
         launch_gemm::w4a4(dev, stream, &g, aop, wop, bias, out, self.split_ws())
+    }
+}
+
+/// An NVFP4 weight read in place from a layer prefetcher's device slot (or a resident block), for
+/// [`GemmPlan::w4a16_slot`].
+///
+/// It borrows the slot for `'a`, the lifetime of the [`crate::offload::DeviceBlock`] it came from, which
+/// itself borrows the prefetcher mutably: the block's `done(i)`, which lets the upload of a later block
+/// reuse the slot, cannot be called while a `SlotWeight` is alive. It also names the prefetcher's compute
+/// stream, and [`GemmPlan::w4a16_slot`] launches only on that stream, so every GEMM reading the slot is
+/// enqueued before the slot's "free" event that `done(i)` records there; the next upload into the slot
+/// waits for that event on the device. Only the offload module makes one
+/// ([`crate::offload::DeviceTensor::slot_weight`]).
+///
+/// ```no_run
+/// # use nvfp4::offload::DeviceBlock;
+/// # fn f(block: &DeviceBlock<'_>) -> nvfp4::Result<()> {
+/// let w = block.get("mlp.up")?.slot_weight()?;
+/// println!("{} x {} NVFP4 weight in a slot", w.view().rows, w.view().cols);
+/// # Ok(()) }
+/// ```
+pub struct SlotWeight<'a> {
+    view: Nvfp4View<'a>,
+    stream: &'a Arc<CudaStream>,
+}
+
+impl<'a> SlotWeight<'a> {
+    pub(crate) fn new(view: Nvfp4View<'a>, stream: &'a Arc<CudaStream>) -> Self {
+        SlotWeight { view, stream }
+    }
+
+    /// The NVFP4 views into the slot (codes, scales, global scale).
+    ///
+    /// ```no_run
+    /// # fn f(w: &nvfp4::ops::SlotWeight<'_>) {
+    /// assert_eq!(w.view().codes.len(), w.view().rows * w.view().cols / 2);
+    /// # }
+    /// ```
+    pub fn view(&self) -> &Nvfp4View<'a> {
+        &self.view
+    }
+
+    /// The stream the slot is ordered on (the prefetcher's compute stream): launches reading it go here.
+    ///
+    /// ```no_run
+    /// # fn f(w: &nvfp4::ops::SlotWeight<'_>) {
+    /// let compute = w.stream().clone();
+    /// # }
+    /// ```
+    pub fn stream(&self) -> &'a Arc<CudaStream> {
+        self.stream
+    }
+}
+
+impl GemmPlan {
+    /// [`GemmPlan::w4a16`] with the weight read in place from a prefetcher slot: same kernel, same
+    /// bytes, same result. `stream` must be the slot's stream ([`SlotWeight::stream`], the prefetcher's
+    /// `streams().compute`), else an error: a launch on another stream would not be covered by the
+    /// event the slot's next upload waits for.
+    ///
+    /// ```no_run
+    /// use std::sync::Arc;
+    /// use half::bf16;
+    /// use nvfp4::cuda::{Device, PinnedPool, StreamSet, alloc_zeros, upload};
+    /// use nvfp4::format::Dtype;
+    /// use nvfp4::offload::{HostBlock, HostTensor, LayerPrefetcher, PrefetchConfig, Weight};
+    /// use nvfp4::ops::{GemmPlan, GemmSpec};
+    /// use nvfp4::quant::{quantize, QuantizeOptions};
+    /// let dev = Device::new(0)?;
+    /// let w = quantize("up", &vec![0.5f32; 64 * 128], 64, 128, &QuantizeOptions::default())?;
+    /// let blocks = vec![HostBlock { tensors: vec![HostTensor::new(0, "up", Weight::Nvfp4(w))?] }];
+    /// let cfg = PrefetchConfig { blocks_to_swap: 1, depth: 1, ..Default::default() };
+    /// let mut pf = LayerPrefetcher::new(&dev, StreamSet::new(&dev)?, Arc::new(PinnedPool::new(&dev)), blocks, cfg)?;
+    /// let s = pf.streams().compute.clone();
+    /// let a = upload(&s, "a", &vec![bf16::ONE; 2 * 128])?;
+    /// let mut out = alloc_zeros::<f32>(&s, "out", 2 * 64)?;
+    /// let mut plan = GemmPlan::new(&dev, &s, &GemmSpec { out: Dtype::F32, ..GemmSpec::w4a16(2, 64, 128) })?;
+    /// pf.begin_pass()?;
+    /// {
+    ///     let block = pf.block(0)?;
+    ///     let w = block.get("up")?.slot_weight()?;
+    ///     plan.w4a16_slot(&dev, &s, &a, &w, None, &mut out)?;
+    /// } // the slot views end here; `done` may now let the slot be reused
+    /// pf.done(0)?;
+    /// pf.end_pass()?;
+    /// # Ok::<(), nvfp4::Error>(())
+    /// ```
+    pub fn w4a16_slot<A: GpuElement, O: GpuElement>(
+        &mut self,
+        dev: &Device,
+        stream: &Arc<CudaStream>,
+        a: &CudaSlice<A>,
+        w: &SlotWeight<'_>,
+        bias: Option<&CudaSlice<O>>,
+        out: &mut CudaSlice<O>,
+    ) -> Result<()> {
+        if stream.cu_stream() != w.stream.cu_stream() {
+            return Err(Error::invalid(
+                "stream",
+                "a slot's weight must be read on the prefetcher's compute stream (SlotWeight::stream), \
+                 which the slot's next upload waits for",
+            ));
+        }
+        if self.spec.op != GemmOp::W4A16(A::DTYPE) {
+            return Err(Error::invalid(
+                "A",
+                format!(
+                    "the plan is {:?}, the activations are {:?}",
+                    self.spec.op,
+                    A::DTYPE
+                ),
+            ));
+        }
+        self.check_out(bias)?;
+        let v = &w.view;
+        let want = [self.spec.n, self.spec.k];
+        if [v.rows, v.cols] != want {
+            return Err(Error::shape(
+                "W",
+                &[v.rows, v.cols],
+                format!("the plan's {want:?} (K unpadded, a multiple of 16)"),
+            ));
+        }
+        if v.scale_layout != ScaleLayout::Linear {
+            return Err(Error::invalid(
+                "W",
+                "the GEMM kernels read linear block scales; quantize the slot's weight with a linear layout",
+            ));
+        }
+        let g = self.geometry;
+        let wop = Fp4Operand {
+            codes: v.codes.slice(..),
+            scales: v.scales.slice(..),
+            global_scale: v.global_scale.slice(..),
+        };
+        launch_gemm::w4a16(dev, stream, &g, a, wop, bias, out, self.split_ws())
     }
 }
