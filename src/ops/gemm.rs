@@ -231,6 +231,20 @@ impl GemmPlan {
         &self.spec
     }
 
+    fn check_w4a16_act<A: GpuElement>(&self) -> Result<()> {
+        if self.spec.op != GemmOp::W4A16(A::DTYPE) {
+            return Err(Error::invalid(
+                "A",
+                format!(
+                    "the plan is {:?}, the activations are {:?}",
+                    self.spec.op,
+                    A::DTYPE
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     fn check_out<O: GpuElement>(&self, bias: Option<&CudaSlice<O>>) -> Result<()> {
         if O::DTYPE != self.spec.out {
             return Err(Error::invalid(
@@ -306,16 +320,7 @@ impl GemmPlan {
         bias: Option<&CudaSlice<O>>,
         out: &mut CudaSlice<O>,
     ) -> Result<()> {
-        if self.spec.op != GemmOp::W4A16(A::DTYPE) {
-            return Err(Error::invalid(
-                "A",
-                format!(
-                    "the plan is {:?}, the activations are {:?}",
-                    self.spec.op,
-                    A::DTYPE
-                ),
-            ));
-        }
+        self.check_w4a16_act::<A>()?;
         self.check_out(bias)?;
         self.check_weight("W", w, self.spec.n)?;
         let g = self.geometry;
@@ -477,16 +482,7 @@ impl GemmPlan {
                  which the slot's next upload waits for",
             ));
         }
-        if self.spec.op != GemmOp::W4A16(A::DTYPE) {
-            return Err(Error::invalid(
-                "A",
-                format!(
-                    "the plan is {:?}, the activations are {:?}",
-                    self.spec.op,
-                    A::DTYPE
-                ),
-            ));
-        }
+        self.check_w4a16_act::<A>()?;
         self.check_out(bias)?;
         let v = &w.view;
         let want = [self.spec.n, self.spec.k];
