@@ -338,6 +338,76 @@ __device__ inline void dequantize_impl(const nvfp4_dequantize_params &p) {
 
 // ---- quantize ----
 
+// The exact quotient without a division per element. __fdiv_rn(a, d) is, wherever its range check
+// (FCHK) passes, the sequence r = rcp.approx(d); rd = fma(r, fma(-d, r, 1), r); q0 = a * rd;
+// q = fma(rd, fma(-d, q0, a), q0), and that result is the correctly rounded quotient (the CUDA
+// guarantee for __fdiv_rn). Only the first two steps depend on d alone, so a block computes rd once and
+// each element pays one multiply and two FMAs instead of a reciprocal, five FMAs, a range check and a
+// convergence barrier. The block takes this path only where the range check cannot fail for any element
+// that matters: d in [2^-68, 2^100], every |x| finite and |x| / d below about 2^100. An element with
+// |x| >= d * 2^-32 >= 2^-100 then has a normal |x|, a normal quotient and a normal residual, inside the
+// check's window. One with |x| < d * 2^-32 (so |x| / d < 0.25, magnitude 0 exactly) may get an inexact
+// q, still far below 0.25: its magnitude is right, and its sign comes from the exact rule below.
+struct FastDiv {
+    float d, rd;
+};
+
+__device__ inline FastDiv fast_div(float d) {
+    float r;
+    asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(d));  // MUFU.RCP: what __fdiv_rn starts from
+    return {d, __fmaf_rn(r, __fmaf_rn(-d, r, 1.0f), r)};
+}
+
+__device__ inline float fast_quotient(const FastDiv &f, float a) {
+    const float q0 = __fmul_rn(a, f.rd);
+    return __fmaf_rn(f.rd, __fmaf_rn(-f.d, q0, a), q0);
+}
+
+// E2M1 magnitude code (0..7) of a finite quotient q >= 0, rounded to nearest even exactly like
+// nvfp4_e2m1_encode's seven comparisons. Below 2 the E2M1 values 0, 0.5, 1, 1.5 are evenly spaced, so
+// the code is rn(2q) as an integer (the 2^23 magic add, one FFMA since 2q is exact). From 2 up the
+// values are the floats with one mantissa bit, so the code is q's bits rounded to nearest even at bit 22
+// and rebiased (256 << 22 is 2.0, code 4), capped at 7 (6.0).
+__device__ inline uint32_t e2m1_mag(float q) {
+    const uint32_t lo = __float_as_uint(__fmaf_rn(q, 2.0f, 8388608.0f)) - 0x4B000000u;
+    const uint32_t b = __float_as_uint(q);
+    const uint32_t hi = min((b + ((b >> 22) & 1u) + (0x1FFFFFu - (252u << 22))) >> 22, 7u);
+    return q < 2.0f ? lo : hi;
+}
+
+// The 16 codes of a block through the exact fast quotient. The sign rule (quant's quantize_block): the
+// code is negative when y = rn(x / d) is: HARDWARE takes y's sign bit, which is x's (d > 0, and
+// -0 / d = -0); MODELOPT takes y < 0, which for x < 0 is rn(|x| / d) != 0, i.e. |x| / d > 2^-150
+// (2^-150 itself rounds to the even 0): |x| > RD(d * 2^-150) = zthr, computed exactly in two products.
+__device__ inline uint64_t quantize_codes_fast(const float v[kBlock], const FastDiv &f, uint32_t zero_sign) {
+    uint64_t codes = 0;
+    if (zero_sign == NVFP4_ZERO_SIGN_HARDWARE) {
+#pragma unroll
+        for (int j = 0; j < kBlock; ++j) {
+            const uint32_t mag = e2m1_mag(fast_quotient(f, fabsf(v[j])));
+            const uint32_t code = mag | ((__float_as_uint(v[j]) >> 28) & 8u);
+            codes |= (uint64_t)code << (4 * j);
+        }
+    } else {
+        const float zthr = __fmul_rd(__fmul_rn(f.d, 0x1p-24f), 0x1p-126f);
+#pragma unroll
+        for (int j = 0; j < kBlock; ++j) {
+            const float a = fabsf(v[j]);
+            const uint32_t mag = e2m1_mag(fast_quotient(f, a));
+            const uint32_t code = mag | (v[j] < 0.0f && a > zthr ? 8u : 0u);
+            codes |= (uint64_t)code << (4 * j);
+        }
+    }
+    return codes;
+}
+
+// Whether a block whose |x| maximum (NaN-propagating) is m and whose decode scale is d takes the fast
+// quotient: see FastDiv. m * 2^-100 may round, which only moves the bound by an ulp.
+__device__ inline bool fast_block(float m, float d) {
+    return (__float_as_uint(m) & 0x7F800000u) != 0x7F800000u && d >= 0x1p-68f &&
+           d <= 0x1p100f && __fmul_rn(m, 0x1p-100f) <= d;
+}
+
 __device__ inline void quantize_impl(const nvfp4_quantize_params &p) {
     const uint64_t block_cols = p.cols_padded / kBlock;
     const float s2 = *p.global_scale;
@@ -345,16 +415,29 @@ __device__ inline void quantize_impl(const nvfp4_quantize_params &p) {
     for (UnitWalk w(p.rows, block_cols); w.valid(); w.next()) {
         float v[kBlock];
         load_unit(p.x, p.dtype, w.row, w.col, p.cols, v);
-        float bmax = 0.0f;
+        // One NaN-propagating max over |x|: when it is finite, it is the block's finite maximum too.
+        float m = 0.0f;
 #pragma unroll
-        for (int j = 0; j < kBlock; ++j) bmax = fmaxf(bmax, nvfp4_finite_abs(v[j]));
+        for (int j = 0; j < kBlock; ++j) m = max_nan(m, fabsf(v[j]));
+        float bmax = m;
+        if ((__float_as_uint(m) & 0x7F800000u) == 0x7F800000u) {
+            bmax = 0.0f;
+#pragma unroll
+            for (int j = 0; j < kBlock; ++j) bmax = fmaxf(bmax, nvfp4_finite_abs(v[j]));
+        }
         const uint32_t sf = nvfp4_block_scale_byte(bmax, s2, p.clamp_scale);
         const float d = __fmul_rn(nvfp4_e4m3_decode(sf), s2);
         // Element j's code goes to bits 4j..4j+3: little-endian, that puts element 2i in the low nibble
         // of byte i and element 2i+1 in its high nibble (nvfp4-format.md §0.4).
         uint64_t codes = 0;
+        if (fast_block(m, d)) {
+            codes = quantize_codes_fast(v, fast_div(d), p.zero_sign);
+        } else {
+            // NaN/Inf elements, or a scale at the ends of the range: the division itself.
 #pragma unroll
-        for (int j = 0; j < kBlock; ++j) codes |= (uint64_t)nvfp4_quantize_element(v[j], d, p.zero_sign) << (4 * j);
+            for (int j = 0; j < kBlock; ++j)
+                codes |= (uint64_t)nvfp4_quantize_element(v[j], d, p.zero_sign) << (4 * j);
+        }
         uint8_t *cp = p.codes + w.row * (p.cols_padded / 2) + w.col * (kBlock / 2);
         if (codes_vec) {
             *reinterpret_cast<unsigned long long *>(cp) = codes;

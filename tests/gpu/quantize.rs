@@ -119,6 +119,81 @@ fn gpu_quantize_matches_cpu_bf16() {
     quantize_matches_cpu_for::<bf16>("gpu_quantize_matches_cpu_bf16");
 }
 
+/// Elements placed on and a few ulps around every E2M1 rounding threshold of their block, in quotient
+/// space (x = t * d, d the block's decode scale as the CPU computes it), over global scales from 2^-80
+/// to 2^90, so blocks on both sides of the kernel's fast-quotient range guard are hit; plus subnormal
+/// elements around the MODELOPT zero-sign boundary |x| = d * 2^-150. The kernel replaces the division
+/// by a per-block reciprocal and two FMAs; this is where a wrong quotient would change a code.
+#[test]
+fn gpu_quantize_near_e2m1_thresholds_match_cpu() {
+    let Some(dev) = device("gpu_quantize_near_e2m1_thresholds_match_cpu") else {
+        return;
+    };
+    let stream = dev.new_stream().unwrap();
+    let seed = Rng::fresh_seed();
+    let mut rng = Rng::new(seed);
+    let thresholds = [0.25f32, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, 6.0, 0.5, 1.0];
+    let step = |x: f32, k: i32| -> f32 {
+        let b = x.to_bits() as i64 + k as i64;
+        f32::from_bits(b.clamp(0, 0x7F7F_FFFF) as u32)
+    };
+    let blocks = if under_sanitizer() { 64 } else { 2048 };
+    for _ in 0..12 {
+        let s2 = 2f32.powi((rng.next_u64() % 171) as i32 - 80) * (1.0 + rng.uniform());
+        for clamp_scale in [true, false] {
+            for zero_sign in [ZeroSign::ModelOpt, ZeroSign::Hardware] {
+                let opts = QuantizeOptions {
+                    global_scale: GlobalScale::Given(s2),
+                    zero_sign,
+                    clamp_scale,
+                    ..Default::default()
+                };
+                let mut host = Vec::with_capacity(blocks * 16);
+                for _ in 0..blocks {
+                    // The block maximum sets the scale: 6 * s2 * S for a random S across E4M3's range.
+                    let s = 2f32.powi((rng.next_u64() % 19) as i32 - 10) * (1.0 + rng.uniform());
+                    let bmax = 6.0 * s2 * s;
+                    let mut block = vec![0.0f32; 16];
+                    block[0] = bmax;
+                    let one = quant::quantize("probe", &block, 1, 16, &opts).unwrap();
+                    let d = nvfp4::format::e4m3::decode_f32(one.scales()[0]) * s2;
+                    for (j, x) in block.iter_mut().enumerate().skip(1) {
+                        let sign = if rng.next_u64() % 2 == 0 { 1.0 } else { -1.0 };
+                        *x = if j == 15 {
+                            // Near the zero-sign boundary: d * 2^-150, in subnormal steps.
+                            let z = (d as f64 * 2f64.powi(-150)) as f32;
+                            sign * step(z, (rng.next_u64() % 7) as i32 - 3)
+                        } else {
+                            let t = thresholds[(rng.next_u64() % thresholds.len() as u64) as usize];
+                            sign * step(t * d, (rng.next_u64() % 9) as i32 - 4).min(bmax)
+                        };
+                    }
+                    host.extend_from_slice(&block);
+                }
+                check_quantize(
+                    &dev,
+                    &stream,
+                    &host,
+                    blocks,
+                    16,
+                    &opts,
+                    &format!("seed {seed} s2 {s2:e} thresholds f32 {opts:?}"),
+                );
+                let b: Vec<bf16> = convert(&host);
+                check_quantize(
+                    &dev,
+                    &stream,
+                    &b,
+                    blocks,
+                    16,
+                    &opts,
+                    &format!("seed {seed} s2 {s2:e} thresholds bf16 {opts:?}"),
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn gpu_quantize_special_values_match_cpu() {
     let Some(dev) = device("gpu_quantize_special_values_match_cpu") else {
