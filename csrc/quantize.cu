@@ -17,11 +17,17 @@
 // hold 4 blocks, 1024 threads: half the 2048-thread maximum, and with 32-64 bytes in flight per thread
 // that is 32-64 KiB of loads per SM, more than the ~20 KiB that HBM3's bandwidth-latency product
 // needs (3.35 TB/s x ~800 ns / 132 SMs). ptxas (CUDA 13.0) reports, sm_80 / sm_90a / sm_100a / sm_120f:
-//   nvfp4_quantize 46 / 47 / 51 / 46, nvfp4_dequantize 40 / 40 / 40 / 40, nvfp4_amax 47 / 47 / 56 / 56,
-//   nvfp4_scale_layout 26 / 26 / 28 / 24, nvfp4_global_scale 12 / 12 / 12 / 13; 0 bytes spilled.
-// Measured on an H100 (16384 x 16384): quantize runs at ~1.15 TB/s (bf16/f16 in) and ~2.1 TB/s (f32 in),
-// bound by the 16 correctly rounded divisions per unit, not by memory; dequantize ~2.3 TB/s (bf16/f16
-// out), ~1.7 TB/s (f32 out). amax, with four 16-byte loads in flight per thread (2026-11-25, H100):
+//   nvfp4_quantize 56 / 56 / 48 / 48, nvfp4_dequantize 40 / 40 / 40 / 40, nvfp4_amax 47 / 47 / 56 / 56,
+//   nvfp4_scale_layout 26 / 26 / 26 / 26, nvfp4_global_scale 12 / 12 / 12 / 13; 0 bytes spilled.
+// The quantize block kernel was bound by instruction issue (ncu, H100: 0.90 warps issued per scheduler
+// cycle, DRAM 26%): about 48 instructions per element, of them a reciprocal, five FMAs, a range check
+// and a convergence barrier for the division, and 23 for the seven-comparison E2M1 encode. Now each
+// element costs a multiply and two FMAs (FastDiv) and an integer encode (e2m1_mag), about 17 in all,
+// the dtype is a template parameter of the aligned load, and the host caps the grid at 16 blocks per SM
+// so the walk's setup is shared by several units: 155 -> 91 us at 8192 x 8192 bf16 (2026-12-07, H100),
+// DRAM 45%, issue 0.68; now latency-bound at 4 blocks per SM (56 registers; two units per trip with
+// both loads first measured slower, 3 blocks per SM). dequantize ~2.5 TB/s (bf16 out). amax, with four
+// 16-byte loads in flight per thread (2026-11-25, H100):
 // 2.06 TB/s of input at 8192 x 8192 bf16 (65 us with global_scale, was 79), 2.72 TB/s at 28672 x 8192.
 
 #include <cuda_bf16.h>
@@ -60,10 +66,19 @@ struct UnitWalk {
             col = step_rows = step_cols = 0;
             return;
         }
-        row = tid / per_row;
-        col = tid % per_row;
-        step_rows = stride / per_row;
-        step_cols = stride % per_row;
+        if (((tid | stride | per_row) >> 32) == 0) {
+            // The usual case: 32-bit division is a few instructions, 64-bit a software routine.
+            const uint32_t t = (uint32_t)tid, s = (uint32_t)stride, n = (uint32_t)per_row;
+            row = t / n;
+            col = t % n;
+            step_rows = s / n;
+            step_cols = s % n;
+        } else {
+            row = tid / per_row;
+            col = tid % per_row;
+            step_rows = stride / per_row;
+            step_cols = stride % per_row;
+        }
     }
     __device__ bool valid() const { return row < rows; }
     __device__ void next() {
@@ -167,6 +182,33 @@ __device__ inline void load_unit(const void *x, uint32_t dtype, uint64_t r, uint
     }
 #pragma unroll
     for (int j = 0; j < kBlock; ++j) v[j] = widen(e[j], dtype);
+}
+
+// load_unit for a dtype known at compile time: the aligned whole-block case unpacks each 32-bit word
+// straight into its one or two f32 values (Elem::unpack: a shift or a mask for bf16), half the
+// instructions of the run-time-dtype path; every other case is load_unit itself.
+template <uint32_t DT>
+__device__ inline void load_unit_t(const void *x, uint64_t r, uint64_t b, uint64_t cols, float v[kBlock]) {
+    using E = Elem<DT>;
+    const uint64_t c0 = b * kBlock;
+    const char *p = static_cast<const char *>(x) + (r * cols + c0) * sizeof(typename E::T);
+    if (c0 + kBlock <= cols && ((uintptr_t)p & 15) == 0) {
+        constexpr int nvec = kBlock / (4 * E::per_word);
+        const uint4 *vp = reinterpret_cast<const uint4 *>(p);
+        uint4 q[nvec];
+#pragma unroll
+        for (int i = 0; i < nvec; ++i) q[i] = __ldg(vp + i);
+#pragma unroll
+        for (int i = 0; i < nvec; ++i) {
+            float *o = v + i * 4 * E::per_word;
+            E::unpack(q[i].x, o);
+            E::unpack(q[i].y, o + E::per_word);
+            E::unpack(q[i].z, o + 2 * E::per_word);
+            E::unpack(q[i].w, o + 3 * E::per_word);
+        }
+    } else {
+        load_unit(x, DT, r, b, cols, v);
+    }
 }
 
 // max with NaN propagation (PTX max.NaN, sm_80+): one instruction where fmaxf would drop a NaN, so a
@@ -408,44 +450,59 @@ __device__ inline bool fast_block(float m, float d) {
            d <= 0x1p100f && __fmul_rn(m, 0x1p-100f) <= d;
 }
 
+// One unit (16 elements already loaded): scale byte, codes, stores.
+__device__ inline void quantize_unit(const nvfp4_quantize_params &p, const UnitWalk &w, const float v[kBlock],
+                                     uint64_t block_cols, float s2, float s6, const FastDiv &f6, bool codes_vec) {
+    // One NaN-propagating max over |x|: when it is finite, it is the block's finite maximum too.
+    float m = 0.0f;
+#pragma unroll
+    for (int j = 0; j < kBlock; ++j) m = max_nan(m, fabsf(v[j]));
+    float bmax = m;
+    if ((__float_as_uint(m) & 0x7F800000u) == 0x7F800000u) {
+        bmax = 0.0f;
+#pragma unroll
+        for (int j = 0; j < kBlock; ++j) bmax = fmaxf(bmax, nvfp4_finite_abs(v[j]));
+    }
+    // s = bmax / (6 * s2) through the same exact fast quotient when s >= ~2^-32 (normal operands,
+    // quotient and residual), or bmax = 0 (exact); else the division, because a tiny s must come out
+    // exactly: one that underflows to 0 becomes 1.0 below.
+    const bool s_fast = bmax == 0.0f || (bmax >= __fmul_rn(s6, 0x1p-32f) && fast_block(bmax, s6));
+    const float s = s_fast ? fast_quotient(f6, bmax) : __fdiv_rn(bmax, s6);
+    const uint32_t sf = nvfp4_scale_byte_of_quotient(s, p.clamp_scale);
+    const float d = __fmul_rn(nvfp4_e4m3_decode(sf), s2);
+    // Element j's code goes to bits 4j..4j+3: little-endian, that puts element 2i in the low nibble
+    // of byte i and element 2i+1 in its high nibble (nvfp4-format.md §0.4).
+    uint64_t codes = 0;
+    if (fast_block(m, d)) {
+        codes = quantize_codes_fast(v, fast_div(d), p.zero_sign);
+    } else {
+        // NaN/Inf elements, or a scale at the ends of the range: the division itself.
+#pragma unroll
+        for (int j = 0; j < kBlock; ++j) codes |= (uint64_t)nvfp4_quantize_element(v[j], d, p.zero_sign) << (4 * j);
+    }
+    uint8_t *cp = p.codes + w.row * (p.cols_padded / 2) + w.col * (kBlock / 2);
+    if (codes_vec) {
+        *reinterpret_cast<unsigned long long *>(cp) = codes;
+    } else {
+#pragma unroll
+        for (int i = 0; i < kBlock / 2; ++i) cp[i] = (uint8_t)(codes >> (8 * i));
+    }
+    p.scales[scale_offset(p.scale_layout, w.row, w.col, block_cols)] = (uint8_t)sf;
+}
+
+// One unit per trip. (Two per trip, both loaded before either is computed, measured slower on the
+// H100: 72 registers, 3 blocks per SM, 102 us against 91 us at 8192 x 8192 bf16.)
+template <uint32_t DT>
 __device__ inline void quantize_impl(const nvfp4_quantize_params &p) {
     const uint64_t block_cols = p.cols_padded / kBlock;
     const float s2 = *p.global_scale;
+    const float s6 = __fmul_rn(6.0f, s2);
+    const FastDiv f6 = fast_div(s6);
     const bool codes_vec = ((uintptr_t)p.codes & 7) == 0;
     for (UnitWalk w(p.rows, block_cols); w.valid(); w.next()) {
         float v[kBlock];
-        load_unit(p.x, p.dtype, w.row, w.col, p.cols, v);
-        // One NaN-propagating max over |x|: when it is finite, it is the block's finite maximum too.
-        float m = 0.0f;
-#pragma unroll
-        for (int j = 0; j < kBlock; ++j) m = max_nan(m, fabsf(v[j]));
-        float bmax = m;
-        if ((__float_as_uint(m) & 0x7F800000u) == 0x7F800000u) {
-            bmax = 0.0f;
-#pragma unroll
-            for (int j = 0; j < kBlock; ++j) bmax = fmaxf(bmax, nvfp4_finite_abs(v[j]));
-        }
-        const uint32_t sf = nvfp4_block_scale_byte(bmax, s2, p.clamp_scale);
-        const float d = __fmul_rn(nvfp4_e4m3_decode(sf), s2);
-        // Element j's code goes to bits 4j..4j+3: little-endian, that puts element 2i in the low nibble
-        // of byte i and element 2i+1 in its high nibble (nvfp4-format.md §0.4).
-        uint64_t codes = 0;
-        if (fast_block(m, d)) {
-            codes = quantize_codes_fast(v, fast_div(d), p.zero_sign);
-        } else {
-            // NaN/Inf elements, or a scale at the ends of the range: the division itself.
-#pragma unroll
-            for (int j = 0; j < kBlock; ++j)
-                codes |= (uint64_t)nvfp4_quantize_element(v[j], d, p.zero_sign) << (4 * j);
-        }
-        uint8_t *cp = p.codes + w.row * (p.cols_padded / 2) + w.col * (kBlock / 2);
-        if (codes_vec) {
-            *reinterpret_cast<unsigned long long *>(cp) = codes;
-        } else {
-#pragma unroll
-            for (int i = 0; i < kBlock / 2; ++i) cp[i] = (uint8_t)(codes >> (8 * i));
-        }
-        p.scales[scale_offset(p.scale_layout, w.row, w.col, block_cols)] = (uint8_t)sf;
+        load_unit_t<DT>(p.x, w.row, w.col, p.cols, v);
+        quantize_unit(p, w, v, block_cols, s2, s6, f6, codes_vec);
     }
 }
 
@@ -502,8 +559,12 @@ extern "C" __global__ void nvfp4_global_scale(nvfp4_global_scale_params p) {
 }
 
 extern "C" __global__ void nvfp4_quantize(nvfp4_quantize_params p) {
-    if (p.dtype > NVFP4_DTYPE_BF16) return;  // the host validates dtype
-    quantize_impl(p);
+    switch (p.dtype) {
+        case NVFP4_DTYPE_F32: quantize_impl<NVFP4_DTYPE_F32>(p); break;
+        case NVFP4_DTYPE_F16: quantize_impl<NVFP4_DTYPE_F16>(p); break;
+        case NVFP4_DTYPE_BF16: quantize_impl<NVFP4_DTYPE_BF16>(p); break;
+        default: break;  // the host validates dtype
+    }
 }
 
 extern "C" __global__ void nvfp4_dequantize(nvfp4_dequantize_params p) {

@@ -156,8 +156,14 @@ NVFP4_HD float nvfp4_e4m3_decode(uint32_t b) {
 //   s = bmax / (6 * s2), both rounded; 0 or NaN (only 0/0, an all-zero block) -> 1.0; raised to 2^-9
 //   when clamping; always capped at 448 (which also turns s = +Inf, from 6 * s2 == 0, into 448); then
 //   E4M3 round to nearest even (s is never negative).
+NVFP4_HD uint32_t nvfp4_scale_byte_of_quotient(float s, uint32_t clamp_scale);
+
 NVFP4_HD uint32_t nvfp4_block_scale_byte(float bmax, float s2, uint32_t clamp_scale) {
-    float s = nvfp4_div_rn(bmax, nvfp4_mul_rn(6.0f, s2));
+    return nvfp4_scale_byte_of_quotient(nvfp4_div_rn(bmax, nvfp4_mul_rn(6.0f, s2)), clamp_scale);
+}
+
+// The scale byte given s = bmax / (6 * s2) already rounded (for kernels that divide their own way).
+NVFP4_HD uint32_t nvfp4_scale_byte_of_quotient(float s, uint32_t clamp_scale) {
     if (s == 0.0f || nvfp4_is_nan(s)) s = 1.0f;
     // Without the clamp only the lower bound goes (exports before 2026-05); the upper bound stays, so no
     // scale byte is ever NaN (ModelOpt's formula would write 0x7F there; see QuantizeOptions::clamp_scale).

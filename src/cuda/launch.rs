@@ -72,8 +72,14 @@ fn launch<P: DeviceRepr>(
     Ok(())
 }
 
-fn units_grid(units: u64) -> u64 {
-    units.div_ceil(BLOCK_THREADS as u64)
+/// Blocks for a grid-stride walk over `units` (one thread each): at most 16 blocks per SM, so a thread
+/// walks several units on large tensors and its setup (the walk's divisions, the parameter loads) is
+/// paid once per several units rather than once per unit; 16 resident-or-queued blocks of 256 threads
+/// still keep every SM at its occupancy limit.
+fn units_grid(dev: &Device, units: u64) -> u64 {
+    units
+        .div_ceil(BLOCK_THREADS as u64)
+        .min(16 * dev.info().sm_count as u64)
 }
 
 /// Raises `amax_bits[0]` to the f32 bits of the largest finite `|x|` and lowers `first_nonfinite[0]` to
@@ -196,7 +202,7 @@ pub fn quantize<T: Element + DeviceRepr>(
         clamp_scale: s.clamp_scale as u32,
     };
     let units = (s.rows * s.cols_padded / 16) as u64;
-    launch(dev, stream, KernelId::Quantize, units_grid(units), &p)
+    launch(dev, stream, KernelId::Quantize, units_grid(dev, units), &p)
 }
 
 /// Dequantizes `[rows, cols]` (cols a multiple of 16) into `out`.
@@ -239,7 +245,7 @@ pub fn dequantize<T: Element + DeviceRepr>(
         dev,
         stream,
         KernelId::Dequantize,
-        units_grid((rows * cols / 16) as u64),
+        units_grid(dev, (rows * cols / 16) as u64),
         &p,
     )
 }
@@ -276,7 +282,7 @@ pub fn convert_scales(
         dev,
         stream,
         KernelId::ScaleLayout,
-        units_grid((rows * block_cols) as u64),
+        units_grid(dev, (rows * block_cols) as u64),
         &p,
     )
 }
