@@ -191,6 +191,15 @@ __device__ __forceinline__ void store<__nv_bfloat16>(void *out, uint64_t i, floa
     static_cast<__nv_bfloat16 *>(out)[i] = __float2bfloat16_rn(v);
 }
 
+// bias[col] widened exactly to f32 (every f16 and bf16 value is an f32 value).
+__device__ __forceinline__ float bias_at(const nvfp4_gemm_fp4_params &p, uint64_t col) {
+    switch (p.bias_dtype) {
+        case NVFP4_DTYPE_F16: return __half2float(static_cast<const __half *>(p.bias)[col]);
+        case NVFP4_DTYPE_BF16: return __bfloat162float(static_cast<const __nv_bfloat16 *>(p.bias)[col]);
+        default: return static_cast<const float *>(p.bias)[col];
+    }
+}
+
 template <class C, typename T>
 __device__ __forceinline__ void epilogue(const nvfp4_gemm_fp4_params &p, const nvfp4_mma_acc (&acc)[C::MT][C::NT],
                                          uint64_t row0, uint64_t col0) {
@@ -206,7 +215,7 @@ __device__ __forceinline__ void epilogue(const nvfp4_gemm_fp4_params &p, const n
                 const uint64_t col = col0 + nt * 8 + 2 * t + (i & 1);
                 if (row < p.m && col < p.n) {
                     float v = __fmul_rn(acc[mt][nt].d[i], alpha);
-                    if (p.bias) v = __fadd_rn(v, p.bias[col]);
+                    if (p.bias) v = __fadd_rn(v, bias_at(p, col));
                     store<T>(p.out, row * p.n + col, v);
                 }
             }

@@ -190,7 +190,8 @@ typedef struct nvfp4_checksum_params {
  *   Every output starts from +0.0 and takes one m16n8k64 instruction per 64-wide K step in increasing K
  *   (K past k reads as code 0, scale 0x00); then v = acc * alpha, v = v + bias[n], each one f32
  *   round-to-nearest operation, and one round-to-nearest-even to out_dtype: reference::mma::mma_gemm
- *   gives the same bits.
+ *   gives the same bits. The bias is f32, f16 or bf16 (bias_dtype), widened exactly to f32 before the
+ *   add, as the nvfp4_gemm_* kernels do (so ops::GemmPlan can hand this kernel its output-typed bias).
  *   Launch: blockDim.x = 128 (exactly), gridDim = (ceil(m / 64), ceil(n / 64)), no dynamic shared memory.
  * nvfp4_gemm_fp4_small_sm120: the same contract and the same bits with a 16x64 CTA tile (for M <= 16),
  *   launched with blockDim.x = 128 (exactly), gridDim = (ceil(m / 16), ceil(n / 64)).
@@ -204,13 +205,13 @@ typedef struct nvfp4_gemm_fp4_params {
     const uint8_t *w_scales; /* swizzled, roundup(n, 128) * roundup(k/16, 4) bytes */
     const float *a_global_scale;
     const float *w_global_scale;
-    const float *bias; /* [n], or NULL */
+    const void *bias;  /* [n] of bias_dtype, or NULL */
     void *out;         /* [m, n] row-major, out_dtype */
     uint64_t m;
     uint64_t n;
     uint64_t k;
-    uint32_t out_dtype; /* enum nvfp4_dtype */
-    uint32_t _pad;
+    uint32_t out_dtype;  /* enum nvfp4_dtype */
+    uint32_t bias_dtype; /* enum nvfp4_dtype; ignored when bias is NULL */
 } nvfp4_gemm_fp4_params;
 
 /*

@@ -37,7 +37,7 @@ use crate::cuda::{
 };
 use crate::error::{Error, Result};
 use crate::format::{Dtype, ScaleLayout, e2m1, e4m3};
-use crate::ops::{self, DeviceNvfp4, Fp4Backend, GemmOp, GemmPlan, GemmSpec};
+use crate::ops::{self, DeviceNvfp4, Fp4Backend, GemmOp, GemmPlan, GemmRoute, GemmSpec};
 use crate::quant::{self, QuantizeOptions};
 use crate::reference::{self, synthetic::Rng};
 
@@ -479,16 +479,43 @@ fn system(dev: &Device, r: &mut DiagReport) {
             }),
         }
     }
+    // W4A4 through the general entry point: the FP4 tensor cores on sm_12x, the mma.sync decode
+    // kernels elsewhere (ops::choose_kernel).
+    for (op, m) in [("W4A4 GEMV (M <= 32)", 1usize), ("W4A4 GEMM (M > 32)", 256)] {
+        match GemmPlan::new(dev, dev.stream(), &GemmSpec::w4a4(m, 3072, 3072)) {
+            Ok(p) => s.kernels.push(KernelChoice {
+                op: op.into(),
+                family: match p.route() {
+                    GemmRoute::Dequantize(k) => format!(
+                        "{} mma.sync in-register decode ({k:?})",
+                        family(i.compute_capability)
+                    ),
+                    GemmRoute::Fp4TensorCore { backend, tile } => format!(
+                        "sm_120 FP4 tensor cores ({}, Fp4Backend::{backend:?})",
+                        tile.kernel().symbol()
+                    ),
+                },
+                why: p.explain().to_string(),
+            }),
+            Err(e) => s.kernels.push(KernelChoice {
+                op: op.into(),
+                family: "CPU".into(),
+                why: e.to_string(),
+            }),
+        }
+    }
     let fp4 = match crate::cuda::gemm_fp4::fp4_mma_on(dev, true) {
         Ok(crate::cuda::gemm_fp4::Fp4Mma::Native) => KernelChoice {
             op: "W4A4 FP4 tensor-core GEMM".into(),
             family: "native sm_120 FP4 (Fp4Backend::Native)".into(),
-            why: "sm_12x has the block-scaled FP4 MMA".into(),
+            why: "sm_12x has the block-scaled FP4 MMA; GemmPlan's W4A4 route takes it by default".into(),
         },
         Ok(crate::cuda::gemm_fp4::Fp4Mma::Emulated) => KernelChoice {
             op: "W4A4 FP4 tensor-core GEMM".into(),
             family: "sm_120 kernel, MMA emulated (Fp4Backend::Sm120Emulated; verification only)".into(),
-            why: "sm_90 has no FP4 MMA; the integer emulation gives the sm_120 bits, slowly".into(),
+            why: "sm_90 has no FP4 MMA; the integer emulation gives the sm_120 bits, slowly, only when \
+                  asked for (GemmSpec::fp4_backend); GemmPlan's W4A4 runs the mma.sync kernels here"
+                .into(),
         },
         Err(e) => KernelChoice {
             op: "W4A4 FP4 tensor-core GEMM".into(),

@@ -249,13 +249,13 @@ pub struct nvfp4_gemm_fp4_params {
     pub w_scales: *const u8,
     pub a_global_scale: *const f32,
     pub w_global_scale: *const f32,
-    pub bias: *const f32,
+    pub bias: *const ::core::ffi::c_void,
     pub out: *mut ::core::ffi::c_void,
     pub m: u64,
     pub n: u64,
     pub k: u64,
     pub out_dtype: u32,
-    pub _pad: u32,
+    pub bias_dtype: u32,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
@@ -285,8 +285,8 @@ const _: () = {
         [::core::mem::offset_of!(nvfp4_gemm_fp4_params, k) - 80usize];
     ["Offset of field: nvfp4_gemm_fp4_params::out_dtype"]
         [::core::mem::offset_of!(nvfp4_gemm_fp4_params, out_dtype) - 88usize];
-    ["Offset of field: nvfp4_gemm_fp4_params::_pad"]
-        [::core::mem::offset_of!(nvfp4_gemm_fp4_params, _pad) - 92usize];
+    ["Offset of field: nvfp4_gemm_fp4_params::bias_dtype"]
+        [::core::mem::offset_of!(nvfp4_gemm_fp4_params, bias_dtype) - 92usize];
 };
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]

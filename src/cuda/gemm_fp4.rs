@@ -45,7 +45,21 @@ pub enum Fp4Mma {
 /// How `dev` runs the FP4 instruction, or [`Error::UnsupportedArch`]. `allow_emulation` admits sm_90,
 /// where the result is the same bits at a small fraction of the speed.
 pub fn fp4_mma_on(dev: &Device, allow_emulation: bool) -> Result<Fp4Mma> {
-    match dev.info().compute_capability {
+    fp4_mma_for(dev.info().compute_capability, allow_emulation)
+}
+
+/// [`fp4_mma_on`] for a compute capability `(major, minor)`: the pure decision, for planning without a
+/// device.
+///
+/// ```
+/// use nvfp4::cuda::gemm_fp4::{Fp4Mma, fp4_mma_for};
+/// assert_eq!(fp4_mma_for((12, 0), false).unwrap(), Fp4Mma::Native);
+/// assert_eq!(fp4_mma_for((9, 0), true).unwrap(), Fp4Mma::Emulated);
+/// assert!(fp4_mma_for((9, 0), false).is_err());
+/// assert!(fp4_mma_for((10, 0), true).is_err());
+/// ```
+pub fn fp4_mma_for(cc: (u32, u32), allow_emulation: bool) -> Result<Fp4Mma> {
+    match cc {
         (12, _) => Ok(Fp4Mma::Native),
         (9, 0) if allow_emulation => Ok(Fp4Mma::Emulated),
         _ => Err(Error::UnsupportedArch {
@@ -55,14 +69,15 @@ pub fn fp4_mma_on(dev: &Device, allow_emulation: bool) -> Result<Fp4Mma> {
             } else {
                 "sm_120 (sm_90 only with the explicit Sm120Emulated backend)".into()
             },
-            found: dev.info().arch(),
+            found: format!("sm_{}{}", cc.0, cc.1),
         }),
     }
 }
 
 /// One GEMM's operands: NVFP4 A `[m, k]` and W `[n, k]` with 128x4 swizzled scales, their global
-/// scales (one f32 each), an optional f32 bias `[n]`.
-pub struct GemmFp4Operands<'a> {
+/// scales (one f32 each), an optional bias `[n]` of f32, f16 or bf16 (`B`; widened exactly to f32 in the
+/// epilogue).
+pub struct GemmFp4Operands<'a, B = f32> {
     /// Rows of A and of the output.
     pub m: usize,
     /// Rows of W, columns of the output.
@@ -82,7 +97,7 @@ pub struct GemmFp4Operands<'a> {
     /// W's global scale.
     pub w_global_scale: &'a CudaSlice<f32>,
     /// Added to every output row, `[n]`.
-    pub bias: Option<&'a CudaSlice<f32>>,
+    pub bias: Option<&'a CudaSlice<B>>,
 }
 
 /// The CTA tile of the FP4 GEMM: which of the two kernels of csrc/gemm_fp4_sm120.cu runs. Both give the
@@ -174,10 +189,10 @@ pub fn gemm_fp4_grid(m: usize, n: usize, k: usize, tile: Fp4Tile) -> Result<(u32
 /// `out[m, n] = a_gs · w_gs · A · W^T (+ bias)` (see `nvfp4_gemm_fp4_params` in csrc/nvfp4.h), on a
 /// device that [`fp4_mma_on`] accepted with `allow_emulation`, by the kernel of `tile` (any tile is
 /// correct for any shape; [`Fp4Tile::for_m`] is the fast one).
-pub fn gemm_fp4<T: crate::format::Element + DeviceRepr>(
+pub fn gemm_fp4<T: crate::format::Element + DeviceRepr, B: crate::format::Element + DeviceRepr>(
     dev: &Device,
     stream: &Arc<CudaStream>,
-    ops: &GemmFp4Operands,
+    ops: &GemmFp4Operands<'_, B>,
     out: &mut CudaSlice<T>,
     tile: Fp4Tile,
     allow_emulation: bool,
@@ -218,13 +233,13 @@ pub fn gemm_fp4<T: crate::format::Element + DeviceRepr>(
         w_scales: wsf as *const u8,
         a_global_scale: ags as *const f32,
         w_global_scale: wgs as *const f32,
-        bias: bias.as_ref().map_or(std::ptr::null(), |(b, _)| *b as *const f32),
+        bias: bias.as_ref().map_or(std::ptr::null(), |(b, _)| *b as *const _),
         out: op as *mut _,
         m: m as u64,
         n: n as u64,
         k: k as u64,
         out_dtype: dtype_code(T::DTYPE),
-        _pad: 0,
+        bias_dtype: dtype_code(B::DTYPE),
     };
     let cfg = LaunchConfig {
         grid_dim: (grid_x, grid_y, 1),

@@ -111,6 +111,25 @@ fn gemm_fp4_tiled<T: GpuElement>(
     gemm_fp4::gemm_fp4(dev, stream, &ops, out, tile, backend == Fp4Backend::Sm120Emulated)
 }
 
+/// The tile for `m` rows (or the `forced` one) and why, as [`Fp4GemmPlan::explain`] and
+/// [`super::GemmPlan::explain`] say it.
+pub(crate) fn fp4_tile_for(m: usize, forced: Option<Fp4Tile>) -> (Fp4Tile, String) {
+    match forced {
+        Some(t) => (t, "forced by the caller".to_string()),
+        None if m <= SMALL_TILE_MAX_M => (
+            Fp4Tile::Small,
+            format!(
+                "M = {m} <= {SMALL_TILE_MAX_M}: one 16-row tile covers M, so the weight streams once and \
+                 no instruction is spent on rows past M"
+            ),
+        ),
+        None => (
+            Fp4Tile::Large,
+            format!("M = {m} > {SMALL_TILE_MAX_M}: 64-row tiles reuse each weight tile 64 times"),
+        ),
+    }
+}
+
 /// What to plan for the FP4 GEMM: `out[m, n] = A[m, k] · W[n, k]^T`, with `k` the stored K (a multiple
 /// of 16).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -175,23 +194,7 @@ impl Fp4GemmPlan {
             ),
         };
         gemm_fp4::fp4_mma_on(dev, backend == Fp4Backend::Sm120Emulated)?;
-        let (tile, tile_why) = match spec.tile {
-            Some(t) => (t, "forced by the caller".to_string()),
-            None if spec.m <= SMALL_TILE_MAX_M => (
-                Fp4Tile::Small,
-                format!(
-                    "M = {} <= {SMALL_TILE_MAX_M}: one 16-row tile covers M, so the weight streams once                      and no instruction is spent on rows past M",
-                    spec.m
-                ),
-            ),
-            None => (
-                Fp4Tile::Large,
-                format!(
-                    "M = {} > {SMALL_TILE_MAX_M}: 64-row tiles reuse each weight tile 64 times",
-                    spec.m
-                ),
-            ),
-        };
+        let (tile, tile_why) = fp4_tile_for(spec.m, spec.tile);
         let (gx, gy) = gemm_fp4::gemm_fp4_grid(spec.m, spec.n, spec.k, tile)?;
         let reason = format!(
             "W4A4 FP4 GEMM M={} N={} K={} on {} ({} SMs): kernel {}, {:?} backend ({why}); \

@@ -10,7 +10,9 @@ mod gemm_fp4;
 mod quantize;
 
 pub use crate::cuda::gemm_fp4::Fp4Tile;
-pub use gemm::{GemmKernel, GemmOp, GemmPlan, GemmSpec, SlotWeight, plan};
+pub use gemm::{
+    GemmChoice, GemmKernel, GemmOp, GemmPlan, GemmRoute, GemmSpec, SlotWeight, choose_kernel, plan,
+};
 pub use gemm_fp4::{Fp4Backend, Fp4GemmPlan, Fp4GemmSpec, LinearNvfp4Options, gemm_fp4, linear_nvfp4};
 pub use quantize::{
     DeviceNvfp4, GpuElement, Nvfp4View, dequantize, dequantize_view, quantize, quantize_into,

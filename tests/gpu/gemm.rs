@@ -144,6 +144,7 @@ fn check_case<A: GpuElement, O: GpuElement>(
         bias: c.bias,
         kernel: c.kernel,
         splits: c.splits,
+        fp4_backend: None,
     };
     let mut plan = GemmPlan::new(dev, stream, &spec).map_err(|e| e.to_string())?;
     let reference = if c.act.is_some() {

@@ -11,7 +11,8 @@ use nvfp4::cuda::gemm_fp4::{MmaProbeTiles, fp4_mma_on, mma_probe};
 use nvfp4::cuda::{Device, alloc_zeros, download, upload};
 use nvfp4::format::ScaleLayout;
 use nvfp4::ops::{
-    self, DeviceNvfp4, Fp4Backend, Fp4GemmPlan, Fp4GemmSpec, Fp4Tile, GpuElement, LinearNvfp4Options,
+    self, DeviceNvfp4, Fp4Backend, Fp4GemmPlan, Fp4GemmSpec, Fp4Tile, GemmKernel, GemmPlan, GemmRoute,
+    GemmSpec, GpuElement, LinearNvfp4Options,
 };
 use nvfp4::quant::{self, QuantizeOptions};
 use nvfp4::reference::mma::{self, MmaGemmEpilogue, MmaTile, VectorCase};
@@ -635,6 +636,166 @@ fn gpu_linear_nvfp4_matches_cpu_quantize_then_the_mma_model() {
                     "seed {seed} M={m} N={n} K={k} input_scale={input_scale:?}: out[{i}] = {g}, model {e}"
                 );
             }
+        }
+    }
+}
+
+/// One launch of the general W4A4 entry point (`GemmPlan::w4a4`) on the planned route, A and W with
+/// the given scale layouts, bias and output of type `O`, into a NaN-poisoned output.
+#[allow(clippy::too_many_arguments)]
+fn plan_w4a4<O: GpuElement>(
+    dev: &Device,
+    plan: &mut GemmPlan,
+    a: &Nvfp4Tensor,
+    w: &Nvfp4Tensor,
+    a_layout: ScaleLayout,
+    w_layout: ScaleLayout,
+    bias: Option<&[O]>,
+) -> Vec<O> {
+    let s = dev.stream();
+    let (m, n) = (a.rows(), w.rows());
+    let da = DeviceNvfp4::upload(s, &a.clone().with_scale_layout(a_layout).unwrap()).unwrap();
+    let dw = DeviceNvfp4::upload(s, &w.clone().with_scale_layout(w_layout).unwrap()).unwrap();
+    let db = bias.map(|b| upload(s, "bias", b).unwrap());
+    let mut out = upload(s, "out", &vec![O::from_f32(f32::NAN); m * n]).unwrap();
+    plan.w4a4(dev, s, &da, &dw, db.as_ref(), &mut out).unwrap();
+    download(s, "out", &out).unwrap()
+}
+
+/// `GemmPlan::w4a4` forced onto the sm_120 route (`GemmSpec::fp4_backend`) against `mma_gemm` bit for
+/// bit (both scale layouts on each operand: linear ones go through the plan's conversion scratch, which
+/// a second launch reuses) and, for quantized inputs, against the f64 reference within the stated bound.
+fn check_plan_fp4<O: GpuElement>(
+    dev: &Device,
+    backend: Fp4Backend,
+    a: &Nvfp4Tensor,
+    w: &Nvfp4Tensor,
+    bias: Option<&[f32]>,
+    reference_too: bool,
+    what: &str,
+) {
+    let s = dev.stream();
+    let (m, n, k) = (a.rows(), w.rows(), a.cols_padded());
+    // The plan's bias has the output's type; the kernel widens it exactly, so the model gets it as f32.
+    let bias_o: Option<Vec<O>> = bias.map(|b| b.iter().map(|&x| O::from_f32(x)).collect());
+    let bias_f32: Option<Vec<f32>> = bias_o.as_ref().map(|b| b.iter().map(|x| x.to_f32()).collect());
+    let spec = GemmSpec {
+        out: O::DTYPE,
+        bias: bias.is_some(),
+        fp4_backend: Some(backend),
+        ..GemmSpec::w4a4(m, n, k)
+    };
+    let mut plan = GemmPlan::new(dev, s, &spec).unwrap();
+    let tile = Fp4Tile::for_m(m);
+    assert_eq!(
+        plan.route(),
+        GemmRoute::Fp4TensorCore { backend, tile },
+        "{what}: {}",
+        plan.explain()
+    );
+    let e = plan.explain();
+    assert!(
+        e.contains("FP4 tensor-core") && e.contains(tile.kernel().symbol()) && e.contains("forced"),
+        "{what}: {e}"
+    );
+    assert_eq!(plan.splits(), 1, "{what}");
+    let want: Vec<O> = mma::mma_gemm(
+        a,
+        w,
+        MmaGemmEpilogue {
+            bias: bias_f32.as_deref(),
+        },
+    )
+    .unwrap();
+    let (lin, sw) = (ScaleLayout::Linear, ScaleLayout::Swizzled128x4);
+    for (la, lw) in [(lin, lin), (sw, lin), (lin, sw), (sw, sw)] {
+        let got = plan_w4a4::<O>(dev, &mut plan, a, w, la, lw, bias_o.as_deref());
+        for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+            let (g, e) = (g.to_f32(), e.to_f32());
+            assert!(
+                g.to_bits() == e.to_bits() || (g == 0.0 && e == 0.0),
+                "{what} {:?} A {la:?} W {lw:?}: out[{}][{}] = {g:e} ({:#010x}), model {e:e} ({:#010x})",
+                O::DTYPE,
+                i / n,
+                i % n,
+                g.to_bits(),
+                e.to_bits()
+            );
+        }
+        if reference_too {
+            let r = reference_with_bias(
+                &a.clone().with_scale_layout(lin).unwrap(),
+                &w.clone().with_scale_layout(lin).unwrap(),
+                bias_f32.as_deref(),
+            );
+            // As gpu_gemm_fp4_matches_the_f64_reference: K + 4 roundings on top of K.
+            let extra = k + 4;
+            for (i, g) in got.iter().enumerate() {
+                let bound = r.bound(i, extra);
+                assert!(
+                    narrowing_within::<O>(g.to_f32(), r.values[i], bound),
+                    "{what} {:?}: out[{i}] = {:e}, reference {:e}, bound {bound:e}",
+                    O::DTYPE,
+                    g.to_f32(),
+                    r.values[i]
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn gpu_gemm_plan_w4a4_on_the_sm120_route_matches_the_mma_model_and_the_reference() {
+    let name = "gpu_gemm_plan_w4a4_on_the_sm120_route_matches_the_mma_model_and_the_reference";
+    let Some(dev) = device(name) else {
+        return;
+    };
+    // What a plan does unasked on this GPU: the FP4 tensor cores on sm_12x, the dequantize kernels
+    // elsewhere (an H100 included).
+    let auto = GemmPlan::new(&dev, dev.stream(), &GemmSpec::w4a4(7, 130, 1008)).unwrap();
+    if dev.info().compute_capability.0 == 12 {
+        assert_eq!(
+            auto.route(),
+            GemmRoute::Fp4TensorCore {
+                backend: Fp4Backend::Native,
+                tile: Fp4Tile::Small
+            },
+            "{}",
+            auto.explain()
+        );
+    } else {
+        assert_eq!(
+            auto.route(),
+            GemmRoute::Dequantize(GemmKernel::M16),
+            "{}",
+            auto.explain()
+        );
+    }
+    let Some(backend) = backend(&dev, name) else {
+        return;
+    };
+    let seed = Rng::fresh_seed();
+    let mut rng = Rng::new(seed);
+    // M over {1, 7, 16, 128}; N and K never multiples of the 64 tile (K % 32 == 16 included).
+    let shapes: &[(usize, usize, usize)] = if under_sanitizer() {
+        &[(1, 70, 208), (7, 130, 80)]
+    } else {
+        &[(1, 70, 208), (7, 130, 1008), (16, 67, 80), (128, 200, 272)]
+    };
+    for &(m, n, k) in shapes {
+        for raw in [false, true] {
+            // `operand` gives swizzled scales; each check converts to the layouts it launches with.
+            let a = operand(&mut rng, "A", m, k, raw);
+            let w = operand(&mut rng, "W", n, k, raw);
+            let bias: Vec<f32> = rng.normal_vec(n, 4.0);
+            let what = |b: bool| format!("seed {seed} M={m} N={n} K={k} raw={raw} bias={b}");
+            let r = !raw;
+            check_plan_fp4::<f32>(&dev, backend, &a, &w, None, r, &what(false));
+            check_plan_fp4::<f32>(&dev, backend, &a, &w, Some(&bias), r, &what(true));
+            check_plan_fp4::<bf16>(&dev, backend, &a, &w, Some(&bias), r, &what(true));
+            check_plan_fp4::<bf16>(&dev, backend, &a, &w, None, r, &what(false));
+            check_plan_fp4::<f16>(&dev, backend, &a, &w, Some(&bias), r, &what(true));
+            check_plan_fp4::<f16>(&dev, backend, &a, &w, None, r, &what(false));
         }
     }
 }
