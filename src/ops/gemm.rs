@@ -349,7 +349,7 @@ impl GemmPlan {
                 };
                 let (x, y, z) = geometry.grid();
                 let reason = format!(
-                    "{head}: kernel {}; grid {x}x{y}x{z}, split-K {} of {} steps each ({why_split}); \
+                    "{head}: {}; grid {x}x{y}x{z}, split-K {} of {} steps each ({why_split}); \
                      workspace {} bytes",
                     choice.reason,
                     geometry.splits,
