@@ -31,8 +31,8 @@
 // ~2 steps x 16 rows x 72 bytes = 2.3 KB per warp, x 20 warps = ~46 KB per SM, twice what Little's law
 // asks of HBM3 (~3.35 TB/s x ~0.8 us / 132 SMs = ~20 KB).
 //
-// Registers (ptxas, CUDA 13.0; sm_80 / sm_90a / sm_100a / sm_120a), no spills: w4a16_bf16 112 / 96 /
-// 96 / 96, w4a16_f16 112 / 95 / 96 / 96, capped by __launch_bounds__ at 5 blocks per SM (20 warps;
+// Registers (ptxas, CUDA 13.0; sm_80 / sm_90a / sm_100a / sm_120f), no spills: w4a16_bf16 115 / 95 /
+// 96 / 96, w4a16_f16 115 / 96 / 96 / 96, capped by __launch_bounds__ at 5 blocks per SM (20 warps;
 // the old kernel ran 4) and at 4 on sm_80 (no bf16 multiply nor E4M3 converter there: the longer scale
 // decode spilled at 96); w4a4 72 / 64 / 65 / 70. ops::gemm's split-K choice assumes these block counts
 // and keeps the grid within one wave (the old grid ran 1.94 waves at 8192^2, M = 1).
@@ -185,7 +185,7 @@ __device__ __forceinline__ void step_mma(float acc[2][4], const WStep &w, const 
     }
 }
 
-// One full step at the pointers' step + `at`: prefetch the weights of step + at + 2 into `slot` (the
+// One full step at the pointers' step + `at`: prefetch the weights of step + at + dist into `slot` (the
 // buffer the previous step freed) when asked, load this step's activations (L1 hits: every warp of
 // the SM reads the same few rows), then decode and multiply `cur`.
 template <bool BF16, bool HI>
@@ -197,11 +197,11 @@ __device__ __forceinline__ void gemv_step(float acc[2][4], const WStep &cur, WSt
     step_mma<BF16, HI>(acc, cur, x);
 }
 
-// The main loop. Full steps (the whole 128-element step inside K, K % 32 == 0) run unrolled by three
-// over three weight buffers that rotate by name, so the weights two steps ahead are in flight with no
-// register copies; the pointers move once per three steps and every load has a constant offset. The
-// last two to four full steps run the same body with run-time prefetch flags; the ragged last step (or
-// every step when K % 32 != 0) goes through the bounds-checked loads of gemm_body.
+// The main loop. Full steps (the whole 128-element step inside K, K % 32 == 0) run unrolled by D + 1
+// over D + 1 weight buffers that rotate by name, so the weights D steps ahead are in flight with no
+// register copies; the pointers move once per unrolled iteration and every load has a constant offset.
+// The last full steps run the same body with run-time prefetch flags; the ragged last step (or every
+// step when K % 32 != 0) goes through bounds-checked loads.
 template <bool BF16, bool HI, int D>
 __device__ __forceinline__ void gemv_loop(const nvfp4_gemm_params &p, float acc[2][4], uint32_t n_base,
                                           uint32_t m_base, uint32_t s_begin, uint32_t s_end) {
@@ -325,7 +325,7 @@ __device__ __forceinline__ void gemv_epilogue(const nvfp4_gemm_params &p, const 
 #pragma unroll
                     for (int e = 0; e < 4; ++e) {
                         const bool ok = out_m(r, e) < M && out_n(e) < N && z0 + i < p.splits;
-                        part[r][e][i] = ok ? __ldcg(q + (8 * r + (e & 1)) * N + 8 * (e >> 1)) : 0.0f;
+                        part[r][e][i] = ok ? __ldcg(q + (uint64_t)(8 * r + (e & 1)) * N + 8 * (e >> 1)) : 0.0f;
                     }
             }
 #pragma unroll

@@ -87,10 +87,11 @@ pub fn plan(dev: &Device, stream: &Arc<CudaStream>, spec: &GemmSpec) -> Result<G
 }
 
 /// Blocks per SM the split-K choice fills, as the kernels are built (their `__launch_bounds__`): the
-/// W4A16 GEMV (`csrc/gemv_w4a16.cu`, 96 registers x 128 threads) fits 5 per SM from sm_90 on and 4 on
-/// sm_8x, which runs the sm_80 image (112 registers); the W4A4 GEMV (64 registers) 8; the 64-row kernel (~160 registers) 3.
-/// The split count keeps the grid within one wave of these (see [`GemmPlan::new`]): a second, partial
-/// wave would leave most SMs idle at the end while its few blocks stream their weights.
+/// W4A16 GEMV (`csrc/gemv_w4a16.cu`, 96 registers x 128 threads) fits 5 per SM from sm_90 on, and 4 on
+/// sm_8x, which runs the sm_80 image (115 registers); the W4A4 GEMV (64 registers) 8; the 64-row
+/// kernel (~160 registers) 3. The split count keeps the grid within one wave of these (see
+/// [`GemmPlan::new`]): a second, partial wave would leave most SMs idle at the end while its few
+/// blocks stream their weights.
 fn blocks_per_sm(op: GemmOp, tile: GemmTile, cc: (u32, u32)) -> usize {
     match (op, tile) {
         (GemmOp::W4A16(_), GemmTile::M16) if cc.0 < 9 => 4,
