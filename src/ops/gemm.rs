@@ -133,14 +133,18 @@ pub fn plan(dev: &Device, stream: &Arc<CudaStream>, spec: &GemmSpec) -> Result<G
     GemmPlan::new(dev, stream, spec)
 }
 
-/// Blocks per SM the split-K choice aims for. The 16-row kernel (64 registers, 128 threads) fits 8 per
-/// SM, and it needs them: each warp keeps about 1 KiB of weight loads in flight, and HBM3 needs ~25 KiB
-/// per SM (3 TB/s x ~1 us / 132 SMs); on the H100 3 blocks per SM ran at a third of copy bandwidth
-/// (BENCHMARKS.md). The 64-row kernel (~160 registers) fits 3.
-const fn blocks_per_sm(tile: GemmTile) -> usize {
-    match tile {
-        GemmTile::M16 => 8,
-        GemmTile::M64 => 3,
+/// Blocks per SM the split-K choice fills, as the kernels are built (their `__launch_bounds__`): the
+/// W4A16 GEMV (`csrc/gemv_w4a16.cu`, 96 registers x 128 threads) fits 5 per SM from sm_90 on, and 4 on
+/// sm_8x, which runs the sm_80 image (115 registers); the W4A4 GEMV (64 registers) 8; the 64-row
+/// kernel (~160 registers) 3. The split count keeps the grid within one wave of these (see
+/// [`GemmPlan::new`]): a second, partial wave would leave most SMs idle at the end while its few
+/// blocks stream their weights.
+fn blocks_per_sm(op: GemmOp, tile: GemmTile, cc: (u32, u32)) -> usize {
+    match (op, tile) {
+        (GemmOp::W4A16(_), GemmTile::M16) if cc.0 < 9 => 4,
+        (GemmOp::W4A16(_), GemmTile::M16) => 5,
+        (GemmOp::W4A4, GemmTile::M16) => 8,
+        (_, GemmTile::M64) => 3,
     }
 }
 /// Largest M the 16-row kernel takes by default: up to two 16-row blocks re-reading the weights beat
@@ -338,7 +342,7 @@ impl GemmPlan {
         );
         let (exec, reason) = match choice.route {
             GemmRoute::Dequantize(tile) => {
-                let (geometry, why_split) = split_k(spec, tile, sms)?;
+                let (geometry, why_split) = split_k(spec, tile, sms, info.compute_capability)?;
                 let workspace = if geometry.splits > 1 {
                     Some((
                         alloc_zeros::<f32>(stream, "split-K partial sums", geometry.workspace_len())?,
@@ -676,7 +680,7 @@ fn swizzled<'a>(
 }
 
 /// The dequantize route's split-K choice for `tile` on `sms` SMs, and its geometry.
-fn split_k(spec: &GemmSpec, tile: GemmTile, sms: usize) -> Result<(GemmGeometry, String)> {
+fn split_k(spec: &GemmSpec, tile: GemmTile, sms: usize, cc: (u32, u32)) -> Result<(GemmGeometry, String)> {
     let probe = GemmGeometry::new(spec.m, spec.n, spec.k, tile, 1)?;
     let (gx, gy, _) = probe.grid();
     let tiles = gx as usize * gy as usize;
@@ -684,13 +688,17 @@ fn split_k(spec: &GemmSpec, tile: GemmTile, sms: usize) -> Result<(GemmGeometry,
     let (splits, why_split) = match spec.splits {
         Some(s) => (s.max(1), "forced by the caller".to_string()),
         None => {
-            let per_sm = blocks_per_sm(tile);
-            let want = (per_sm * sms).div_ceil(tiles.max(1));
-            let cap = (steps / MIN_STEPS_PER_SPLIT).max(1);
-            let s = want.min(cap).max(1);
+            let per_sm = blocks_per_sm(spec.op, tile, cc);
+            // As many splits as keep every block resident at once (one wave), each of at least
+            // MIN_STEPS_PER_SPLIT steps, with the partial sums at most a quarter of the weight bytes:
+            // per output column they cost 8 bytes per split and row of M (written once, read back
+            // once) against K * 9/16 bytes of weights, so splits <= K / (57 M).
+            let fit = (per_sm * sms) / tiles.max(1);
+            let cap = (steps / MIN_STEPS_PER_SPLIT).min(spec.k / (57 * spec.m.max(1)));
+            let s = fit.min(cap).max(1);
             let why = if s > 1 {
                 format!(
-                    "{tiles} output tiles < {per_sm} blocks x {sms} SMs, so K is split to fill the GPU \
+                    "{tiles} output tiles x {s} K slices fit one wave of {per_sm} blocks x {sms} SMs \
                      (at least {MIN_STEPS_PER_SPLIT} steps of {STEP_K} each)"
                 )
             } else {
