@@ -204,7 +204,15 @@ pub fn w4a16<A: Element + DeviceRepr, O: Element + DeviceRepr>(
     out: &mut CudaSlice<O>,
     ws: Option<SplitWorkspace<'_>>,
 ) -> Result<()> {
-    let kernel = match (A::DTYPE, g.tile) {
+    let kernel = w4a16_kernel(A::DTYPE, g.tile)?;
+    need("A", &[g.m, g.k], g.m * g.k, a.len())?;
+    run(dev, stream, kernel, g, Act::Dense(a), w, bias, out, ws)
+}
+
+/// The W4A16 kernel for `act` activations and `tile`; f32 activations are refused (the tensor cores'
+/// inputs are 16-bit).
+pub fn w4a16_kernel(act: Dtype, tile: GemmTile) -> Result<KernelId> {
+    Ok(match (act, tile) {
         (Dtype::Bf16, GemmTile::M16) => KernelId::GemvW4a16Bf16,
         (Dtype::F16, GemmTile::M16) => KernelId::GemvW4a16F16,
         (Dtype::Bf16, GemmTile::M64) => KernelId::GemmW4a16Bf16,
@@ -215,9 +223,15 @@ pub fn w4a16<A: Element + DeviceRepr, O: Element + DeviceRepr>(
                 "W4A16 activations must be bf16 or f16 (the tensor cores' 16-bit inputs), not f32",
             ));
         }
-    };
-    need("A", &[g.m, g.k], g.m * g.k, a.len())?;
-    run(dev, stream, kernel, g, Act::Dense(a), w, bias, out, ws)
+    })
+}
+
+/// The W4A4 dequantize kernel for `tile`.
+pub fn w4a4_kernel(tile: GemmTile) -> KernelId {
+    match tile {
+        GemmTile::M16 => KernelId::GemvW4a4,
+        GemmTile::M64 => KernelId::GemmW4a4,
+    }
 }
 
 /// `out[M, N] = (A · Wᵀ) · alpha + bias` with both operands NVFP4 (`[M, K]` and `[N, K]`); alpha is the
@@ -233,10 +247,7 @@ pub fn w4a4<O: Element + DeviceRepr>(
     out: &mut CudaSlice<O>,
     ws: Option<SplitWorkspace<'_>>,
 ) -> Result<()> {
-    let kernel = match g.tile {
-        GemmTile::M16 => KernelId::GemvW4a4,
-        GemmTile::M64 => KernelId::GemmW4a4,
-    };
+    let kernel = w4a4_kernel(g.tile);
     check_fp4("A", g.m, g.k, &a)?;
     run::<u8, O>(dev, stream, kernel, g, Act::Fp4(a), w, bias, out, ws)
 }

@@ -185,11 +185,8 @@ pub fn choose_kernel(cc: (u32, u32), spec: &GemmSpec) -> Result<GemmChoice> {
             found: arch,
         });
     }
-    if let GemmOp::W4A16(Dtype::F32) = spec.op {
-        return Err(Error::invalid(
-            "A",
-            "W4A16 activations must be bf16 or f16 (the tensor cores' 16-bit inputs), not f32",
-        ));
+    if let GemmOp::W4A16(act) = spec.op {
+        launch_gemm::w4a16_kernel(act, GemmTile::M16)?; // f32 activations are refused before anything else
     }
     if spec.k == 0 || spec.k % 16 != 0 {
         return Err(Error::shape(
@@ -274,17 +271,13 @@ pub fn choose_kernel(cc: (u32, u32), spec: &GemmSpec) -> Result<GemmChoice> {
             format!("M > {SMALL_M}: 64 rows of M per block, each decoded weight pair feeds four MMAs"),
         ),
     };
-    let kernel_name = match (spec.op, tile) {
-        (GemmOp::W4A4, GemmTile::M16) => "nvfp4_gemv_w4a4",
-        (GemmOp::W4A4, GemmTile::M64) => "nvfp4_gemm_w4a4",
-        (GemmOp::W4A16(Dtype::F16), GemmTile::M16) => "nvfp4_gemv_w4a16_f16",
-        (GemmOp::W4A16(Dtype::F16), GemmTile::M64) => "nvfp4_gemm_w4a16_f16",
-        (_, GemmTile::M16) => "nvfp4_gemv_w4a16_bf16",
-        (_, GemmTile::M64) => "nvfp4_gemm_w4a16_bf16",
+    let kernel = match spec.op {
+        GemmOp::W4A16(act) => launch_gemm::w4a16_kernel(act, tile)?,
+        GemmOp::W4A4 => launch_gemm::w4a4_kernel(tile),
     };
     Ok(GemmChoice {
         route: GemmRoute::Dequantize(tile),
-        reason: format!("dequantize kernel {kernel_name} ({family}; {why_tile})"),
+        reason: format!("dequantize kernel {} ({family}; {why_tile})", kernel.symbol()),
     })
 }
 
