@@ -78,13 +78,17 @@ typedef struct nvfp4_global_scale_params {
  *   the host zero-fills a swizzled buffer (its padding must be 0x00) before the launch.
  *   Fast path (16-byte loads, one 8-byte code store) where the block lies inside cols and its start is
  *   16-byte aligned, and codes is 8-byte aligned; any other alignment is correct, only slower.
- *   *global_scale is read on the device (written by nvfp4_global_scale, or by the host).
+ *   Global scale: with amax_bits NULL, *global_scale is read on the device (set by the host or by
+ *   nvfp4_global_scale). With amax_bits set (written by nvfp4_amax earlier on the stream), every block
+ *   derives the scale by `rule` exactly as nvfp4_global_scale does, and block 0 stores it in
+ *   *global_scale: one launch fewer on the full quantize path.
  */
 typedef struct nvfp4_quantize_params {
     const void *x;
     uint8_t *codes;
     uint8_t *scales;
-    const float *global_scale;
+    float *global_scale;       /* read, or written by block 0 when amax_bits is set */
+    const uint32_t *amax_bits; /* NULL, or f32 bits of max |finite x| to derive the global scale from */
     uint64_t rows;
     uint64_t cols;        /* logical K */
     uint64_t cols_padded; /* multiple of 16, >= cols; elements past cols read as +0 */
@@ -92,6 +96,8 @@ typedef struct nvfp4_quantize_params {
     uint32_t scale_layout; /* enum nvfp4_scale_layout */
     uint32_t zero_sign;   /* enum nvfp4_zero_sign */
     uint32_t clamp_scale; /* 1: clamp the block scale to [2^-9, 448] before rounding to E4M3 */
+    uint32_t rule;        /* enum nvfp4_global_rule, with amax_bits */
+    uint32_t _pad;
 } nvfp4_quantize_params;
 
 /*

@@ -41,7 +41,7 @@
 // same on the Rust side).
 static_assert(sizeof(nvfp4_amax_params) == 40, "ABI");
 static_assert(sizeof(nvfp4_global_scale_params) == 24, "ABI");
-static_assert(sizeof(nvfp4_quantize_params) == 72, "ABI");
+static_assert(sizeof(nvfp4_quantize_params) == 88, "ABI");
 static_assert(sizeof(nvfp4_dequantize_params) == 56, "ABI");
 static_assert(sizeof(nvfp4_scale_layout_params) == 40, "ABI");
 
@@ -380,6 +380,25 @@ __device__ inline void dequantize_impl(const nvfp4_dequantize_params &p) {
 
 // ---- quantize ----
 
+// The global scale from amax (quant::global_scale_from_amax): nvfp4_global_scale's value, and the
+// quantize kernel's when it derives the scale itself.
+__device__ inline float global_scale_of(uint32_t amax_bits, uint32_t rule) {
+    const float amax = __uint_as_float(amax_bits);
+    // 1/2688 rounded to f32 once, at compile time, as PyTorch does when it turns `t / 2688.0` into a
+    // multiply by the reciprocal (quant::GlobalScaleRule::Reciprocal).
+    constexpr float kRecip = 1.0f / 2688.0f;
+    return rule == NVFP4_GLOBAL_RECIPROCAL ? __fmul_rn(amax, kRecip) : __fdiv_rn(amax, 2688.0f);
+}
+
+// The launch's global scale (nvfp4_quantize_params): given, or derived from amax by every block, with
+// block 0 storing it. No block reads global_scale when amax_bits is set, so that store races nothing.
+__device__ inline float launch_global_scale(const nvfp4_quantize_params &p) {
+    if (p.amax_bits == nullptr) return *p.global_scale;
+    const float s2 = global_scale_of(*p.amax_bits, p.rule);
+    if (blockIdx.x == 0 && threadIdx.x == 0) *p.global_scale = s2;
+    return s2;
+}
+
 // The exact quotient without a division per element. __fdiv_rn(a, d) is, wherever its range check
 // (FCHK) passes, the sequence r = rcp.approx(d); rd = fma(r, fma(-d, r, 1), r); q0 = a * rd;
 // q = fma(rd, fma(-d, q0, a), q0), and that result is the correctly rounded quotient (the CUDA
@@ -406,15 +425,18 @@ __device__ inline float fast_quotient(const FastDiv &f, float a) {
 }
 
 // E2M1 magnitude code (0..7) of a finite quotient q >= 0, rounded to nearest even exactly like
-// nvfp4_e2m1_encode's seven comparisons. Below 2 the E2M1 values 0, 0.5, 1, 1.5 are evenly spaced, so
-// the code is rn(2q) as an integer (the 2^23 magic add, one FFMA since 2q is exact). From 2 up the
-// values are the floats with one mantissa bit, so the code is q's bits rounded to nearest even at bit 22
-// and rebiased (256 << 22 is 2.0, code 4), capped at 7 (6.0).
+// nvfp4_e2m1_encode's seven comparisons, in one float add and six integer instructions. The E2M1
+// grid has step 0.5 below 2, then 1 up to 4, then 2: the step is 2^(e - 1) for q's exponent e, at
+// least 0.5. Adding m = 2^(e + 22) (exponent field E = max(e_bits, 127) + 22) makes the f32 adder round
+// q to a multiple of that step with ties to even, and the sum's low bits count the steps: n = bits(q + m)
+// - bits(m), 0..4. The code is then n + 2 * (E - 149) (each doubling of the step starts two codes
+// higher), capped at 7 (6.0), and the two constants fold into one multiply-add of E. Checked against
+// the comparisons for every f32 q in [0, 2^100] (the fast path's range).
 __device__ inline uint32_t e2m1_mag(float q) {
-    const uint32_t lo = __float_as_uint(__fmaf_rn(q, 2.0f, 8388608.0f)) - 0x4B000000u;
-    const uint32_t b = __float_as_uint(q);
-    const uint32_t hi = min((b + ((b >> 22) & 1u) + (0x1FFFFFu - (252u << 22))) >> 22, 7u);
-    return q < 2.0f ? lo : hi;
+    const uint32_t e = max(__float_as_uint(q) >> 23, 127u);
+    const float m = __uint_as_float((e + 22u) << 23);
+    const uint32_t k = e * ((1u << 23) - 2u) + ((22u << 23) + 254u);
+    return min(__float_as_uint(__fadd_rn(q, m)) - k, 7u);
 }
 
 // The 16 codes of a block through the exact fast quotient. The sign rule (quant's quantize_block): the
@@ -432,6 +454,16 @@ __device__ inline uint64_t quantize_codes_fast(const float v[kBlock], const Fast
         }
     } else {
         const float zthr = __fmul_rd(__fmul_rn(f.d, 0x1p-24f), 0x1p-126f);
+        if (zthr == 0.0f) {
+            // d < 2 (the usual case): |x| > 0 is all the rule asks, so a code is negative exactly when
+            // x < 0 (-0 is not).
+#pragma unroll
+            for (int j = 0; j < kBlock; ++j) {
+                const uint32_t mag = e2m1_mag(fast_quotient(f, fabsf(v[j])));
+                codes |= (uint64_t)(mag | (v[j] < 0.0f ? 8u : 0u)) << (4 * j);
+            }
+            return codes;
+        }
 #pragma unroll
         for (int j = 0; j < kBlock; ++j) {
             const float a = fabsf(v[j]);
@@ -490,12 +522,16 @@ __device__ inline void quantize_unit(const nvfp4_quantize_params &p, const UnitW
     p.scales[scale_offset(p.scale_layout, w.row, w.col, block_cols)] = (uint8_t)sf;
 }
 
-// One unit per trip. (Two per trip, both loaded before either is computed, measured slower on the
-// H100: 72 registers, 3 blocks per SM, 102 us against 91 us at 8192 x 8192 bf16.)
+// One unit per trip. Measured slower on the H100 at 8192 x 8192 bf16 (blocks only, 91 us):
+// - two units per trip, both loaded before either is computed: 72 registers, 3 blocks per SM, 102 us;
+// - the loads in a per-thread shared-memory ring, 3 units ahead through cp.async (2026-12-07): 100.8 us.
+//   ncu: 0.74 instructions issued per scheduler cycle and 3.7 of 10.9 cycles between a warp's
+//   instructions spent eligible but not selected, DRAM 41%. The kernel is bound by instruction issue,
+//   not by bytes in flight, and the ring only added instructions.
 template <uint32_t DT>
 __device__ inline void quantize_impl(const nvfp4_quantize_params &p) {
     const uint64_t block_cols = p.cols_padded / kBlock;
-    const float s2 = *p.global_scale;
+    const float s2 = launch_global_scale(p);
     const float s6 = __fmul_rn(6.0f, s2);
     const FastDiv f6 = fast_div(s6);
     const bool codes_vec = ((uintptr_t)p.codes & 7) == 0;
@@ -551,11 +587,7 @@ extern "C" __global__ void nvfp4_amax(nvfp4_amax_params p) {
 
 extern "C" __global__ void nvfp4_global_scale(nvfp4_global_scale_params p) {
     if (blockIdx.x != 0 || threadIdx.x != 0) return;
-    const float amax = __uint_as_float(*p.amax_bits);
-    // 1/2688 rounded to f32 once, at compile time, as PyTorch does when it turns `t / 2688.0` into a
-    // multiply by the reciprocal (quant::GlobalScaleRule::Reciprocal).
-    constexpr float kRecip = 1.0f / 2688.0f;
-    *p.global_scale = p.rule == NVFP4_GLOBAL_RECIPROCAL ? __fmul_rn(amax, kRecip) : __fdiv_rn(amax, 2688.0f);
+    *p.global_scale = global_scale_of(*p.amax_bits, p.rule);
 }
 
 extern "C" __global__ void nvfp4_quantize(nvfp4_quantize_params p) {

@@ -71,7 +71,8 @@ pub struct nvfp4_quantize_params {
     pub x: *const ::core::ffi::c_void,
     pub codes: *mut u8,
     pub scales: *mut u8,
-    pub global_scale: *const f32,
+    pub global_scale: *mut f32,
+    pub amax_bits: *const u32,
     pub rows: u64,
     pub cols: u64,
     pub cols_padded: u64,
@@ -79,10 +80,12 @@ pub struct nvfp4_quantize_params {
     pub scale_layout: u32,
     pub zero_sign: u32,
     pub clamp_scale: u32,
+    pub rule: u32,
+    pub _pad: u32,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of nvfp4_quantize_params"][::core::mem::size_of::<nvfp4_quantize_params>() - 72usize];
+    ["Size of nvfp4_quantize_params"][::core::mem::size_of::<nvfp4_quantize_params>() - 88usize];
     ["Alignment of nvfp4_quantize_params"][::core::mem::align_of::<nvfp4_quantize_params>() - 8usize];
     ["Offset of field: nvfp4_quantize_params::x"][::core::mem::offset_of!(nvfp4_quantize_params, x) - 0usize];
     ["Offset of field: nvfp4_quantize_params::codes"]
@@ -91,20 +94,26 @@ const _: () = {
         [::core::mem::offset_of!(nvfp4_quantize_params, scales) - 16usize];
     ["Offset of field: nvfp4_quantize_params::global_scale"]
         [::core::mem::offset_of!(nvfp4_quantize_params, global_scale) - 24usize];
+    ["Offset of field: nvfp4_quantize_params::amax_bits"]
+        [::core::mem::offset_of!(nvfp4_quantize_params, amax_bits) - 32usize];
     ["Offset of field: nvfp4_quantize_params::rows"]
-        [::core::mem::offset_of!(nvfp4_quantize_params, rows) - 32usize];
+        [::core::mem::offset_of!(nvfp4_quantize_params, rows) - 40usize];
     ["Offset of field: nvfp4_quantize_params::cols"]
-        [::core::mem::offset_of!(nvfp4_quantize_params, cols) - 40usize];
+        [::core::mem::offset_of!(nvfp4_quantize_params, cols) - 48usize];
     ["Offset of field: nvfp4_quantize_params::cols_padded"]
-        [::core::mem::offset_of!(nvfp4_quantize_params, cols_padded) - 48usize];
+        [::core::mem::offset_of!(nvfp4_quantize_params, cols_padded) - 56usize];
     ["Offset of field: nvfp4_quantize_params::dtype"]
-        [::core::mem::offset_of!(nvfp4_quantize_params, dtype) - 56usize];
+        [::core::mem::offset_of!(nvfp4_quantize_params, dtype) - 64usize];
     ["Offset of field: nvfp4_quantize_params::scale_layout"]
-        [::core::mem::offset_of!(nvfp4_quantize_params, scale_layout) - 60usize];
+        [::core::mem::offset_of!(nvfp4_quantize_params, scale_layout) - 68usize];
     ["Offset of field: nvfp4_quantize_params::zero_sign"]
-        [::core::mem::offset_of!(nvfp4_quantize_params, zero_sign) - 64usize];
+        [::core::mem::offset_of!(nvfp4_quantize_params, zero_sign) - 72usize];
     ["Offset of field: nvfp4_quantize_params::clamp_scale"]
-        [::core::mem::offset_of!(nvfp4_quantize_params, clamp_scale) - 68usize];
+        [::core::mem::offset_of!(nvfp4_quantize_params, clamp_scale) - 76usize];
+    ["Offset of field: nvfp4_quantize_params::rule"]
+        [::core::mem::offset_of!(nvfp4_quantize_params, rule) - 80usize];
+    ["Offset of field: nvfp4_quantize_params::_pad"]
+        [::core::mem::offset_of!(nvfp4_quantize_params, _pad) - 84usize];
 };
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]

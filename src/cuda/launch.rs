@@ -127,13 +127,17 @@ pub fn global_scale(
     let p = abi::nvfp4_global_scale_params {
         amax_bits: ap as *const u32,
         global_scale: gp as *mut f32,
-        rule: match rule {
-            GlobalScaleRule::Divide => abi::nvfp4_global_rule_NVFP4_GLOBAL_DIVIDE,
-            GlobalScaleRule::Reciprocal => abi::nvfp4_global_rule_NVFP4_GLOBAL_RECIPROCAL,
-        },
+        rule: rule_code(rule),
         _pad: 0,
     };
     launch(dev, stream, KernelId::GlobalScale, 1, &p)
+}
+
+fn rule_code(rule: GlobalScaleRule) -> u32 {
+    match rule {
+        GlobalScaleRule::Divide => abi::nvfp4_global_rule_NVFP4_GLOBAL_DIVIDE,
+        GlobalScaleRule::Reciprocal => abi::nvfp4_global_rule_NVFP4_GLOBAL_RECIPROCAL,
+    }
 }
 
 /// Shape and modes of one quantize launch.
@@ -153,14 +157,18 @@ pub struct QuantizeShape {
     pub clamp_scale: bool,
 }
 
-/// Quantizes `x` (`[rows, cols]`) into `codes` and `scales` with the global scale in `global_scale[0]`.
+/// Quantizes `x` (`[rows, cols]`) into `codes` and `scales`. With `derive` `None` the global scale is
+/// read from `global_scale[0]`; with `Some((amax_bits, rule))` the kernel derives it from the amax (as
+/// [`global_scale`] would) and stores it in `global_scale[0]`, saving that launch.
 /// A swizzled `scales` buffer must be zero-filled beforehand (the kernel writes only real entries).
+#[allow(clippy::too_many_arguments)]
 pub fn quantize<T: Element + DeviceRepr>(
     dev: &Device,
     stream: &Arc<CudaStream>,
     x: &CudaSlice<T>,
     s: QuantizeShape,
-    global_scale: &CudaSlice<f32>,
+    global_scale: &mut CudaSlice<f32>,
+    derive: Option<(&CudaSlice<u32>, GlobalScaleRule)>,
     codes: &mut CudaSlice<u8>,
     scales: &mut CudaSlice<u8>,
 ) -> Result<()> {
@@ -181,15 +189,22 @@ pub fn quantize<T: Element + DeviceRepr>(
         scales.len(),
     )?;
     need("global_scale", &[1], 1, global_scale.len())?;
+    if let Some((a, _)) = derive {
+        need("amax", &[1], 1, a.len())?;
+    }
     let (xp, _gx) = x.device_ptr(stream);
-    let (gp, _gg) = global_scale.device_ptr(stream);
+    let (gp, _gg) = global_scale.device_ptr_mut(stream);
+    let amax = derive.map(|(a, rule)| (a.device_ptr(stream), rule));
     let (cp, _gc) = codes.device_ptr_mut(stream);
     let (sp, _gs) = scales.device_ptr_mut(stream);
     let p = abi::nvfp4_quantize_params {
         x: xp as *const _,
         codes: cp as *mut u8,
         scales: sp as *mut u8,
-        global_scale: gp as *const f32,
+        global_scale: gp as *mut f32,
+        amax_bits: amax
+            .as_ref()
+            .map_or(std::ptr::null(), |((ap, _), _)| *ap as *const u32),
         rows: s.rows as u64,
         cols: s.cols as u64,
         cols_padded: s.cols_padded as u64,
@@ -200,6 +215,8 @@ pub fn quantize<T: Element + DeviceRepr>(
             ZeroSign::Hardware => abi::nvfp4_zero_sign_NVFP4_ZERO_SIGN_HARDWARE,
         },
         clamp_scale: s.clamp_scale as u32,
+        rule: amax.as_ref().map_or(0, |(_, r)| rule_code(*r)),
+        _pad: 0,
     };
     let units = (s.rows * s.cols_padded / 16) as u64;
     launch(dev, stream, KernelId::Quantize, units_grid(dev, units), &p)

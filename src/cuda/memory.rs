@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::{CudaSlice, CudaStream, CudaView, DeviceRepr, DriverError, ValidAsZeroBits, sys};
+use cudarc::driver::{
+    CudaSlice, CudaStream, CudaView, DevicePtrMut, DeviceRepr, DriverError, ValidAsZeroBits, sys,
+};
 
 use crate::error::{Error, Result};
 
@@ -66,6 +68,26 @@ pub fn upload<T: DeviceRepr + ValidAsZeroBits>(
             .map_err(cuda(format!("upload of `{name}`")))?;
     }
     Ok(d)
+}
+
+/// Sets every byte of `d` to `byte`, ordered on `stream` (a memset: no host buffer, no host wait, unlike
+/// an upload of the pattern from pageable memory).
+pub(crate) fn fill_bytes<T: DeviceRepr>(
+    stream: &Arc<CudaStream>,
+    d: &mut CudaSlice<T>,
+    byte: u8,
+    what: &str,
+) -> Result<()> {
+    let bytes = d.len() * std::mem::size_of::<T>();
+    if bytes == 0 {
+        return Ok(());
+    }
+    let (ptr, _guard) = d.device_ptr_mut(stream);
+    // SAFETY: `ptr` is the start of `d`'s live allocation of `bytes` bytes, on `stream`'s context, and
+    // the guard keeps it alive and ordered on `stream` until the memset is enqueued; the byte pattern is
+    // valid for the plain integer types this is used with.
+    unsafe { cudarc::driver::result::memset_d8_async(ptr, byte, bytes, stream.cu_stream()) }
+        .map_err(cuda(format!("setting {what}")))
 }
 
 /// Copies a device buffer to the host, waiting for `stream`.

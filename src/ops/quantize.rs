@@ -198,9 +198,7 @@ pub fn quantize_into<T: GpuElement>(
         stream
             .memset_zeros(&mut out.amax_bits)
             .map_err(crate::cuda::cuda_err("clearing the amax"))?;
-        stream
-            .memcpy_htod(&[u64::MAX], &mut out.first_nonfinite)
-            .map_err(crate::cuda::cuda_err("clearing the non-finite flag"))?;
+        crate::cuda::fill_bytes(stream, &mut out.first_nonfinite, 0xFF, "the non-finite flag")?;
         launch::amax(dev, stream, x, &mut out.amax_bits, &mut out.first_nonfinite)?;
     }
     if opts.non_finite == NonFinite::Error && n > 0 {
@@ -230,18 +228,24 @@ pub fn quantize_into<T: GpuElement>(
             });
         }
     }
-    match opts.global_scale {
+    let quantizes = rows * cols_padded > 0;
+    // The quantize launch derives a global scale from the amax itself (one launch fewer); the scale
+    // kernel runs only when nothing is quantized but the scale is still an output.
+    let derive = match opts.global_scale {
+        GlobalScale::FromAmax(rule) if quantizes => Some((&out.amax_bits, rule)),
         GlobalScale::FromAmax(rule) => {
-            launch::global_scale(dev, stream, &out.amax_bits, &mut out.global_scale, rule)?
+            launch::global_scale(dev, stream, &out.amax_bits, &mut out.global_scale, rule)?;
+            None
         }
         GlobalScale::Given(s) => {
             check_given_scale(name, s)?;
             stream
                 .memcpy_htod(&[s], &mut out.global_scale)
                 .map_err(crate::cuda::cuda_err("setting the global scale"))?;
+            None
         }
-    }
-    if rows * cols_padded > 0 {
+    };
+    if quantizes {
         let s = QuantizeShape {
             rows,
             cols,
@@ -255,7 +259,8 @@ pub fn quantize_into<T: GpuElement>(
             stream,
             x,
             s,
-            &out.global_scale,
+            &mut out.global_scale,
+            derive,
             &mut out.codes,
             &mut out.scales,
         )?;

@@ -119,6 +119,61 @@ fn gpu_quantize_matches_cpu_bf16() {
     quantize_matches_cpu_for::<bf16>("gpu_quantize_matches_cpu_bf16");
 }
 
+/// Tensors big enough that every thread of the capped grid (16 blocks per SM) walks several units (the
+/// shapes above give each thread at most one): the walk's carry from one row to the next is exercised
+/// on every dtype, with both scale layouts and both global-scale sources.
+fn quantize_long_walks_for<T: GpuElement>(test: &str, rows: usize) {
+    let Some(dev) = device(test) else { return };
+    let stream = dev.new_stream().unwrap();
+    let seed = Rng::fresh_seed();
+    let mut rng = Rng::new(seed);
+    let cols = 8192;
+    let units = rows * cols / 16;
+    let slots = 16 * 256 * dev.info().sm_count as usize;
+    assert!(
+        units > 5 * slots,
+        "{rows}x{cols} gives {units} units for {slots} threads"
+    );
+    let host: Vec<T> = convert(&mixed_values(&mut rng, rows * cols));
+    for (global_scale, scale_layout) in [
+        (
+            GlobalScale::FromAmax(GlobalScaleRule::Reciprocal),
+            ScaleLayout::Linear,
+        ),
+        (GlobalScale::Given(0.02), ScaleLayout::Swizzled128x4),
+    ] {
+        let opts = QuantizeOptions {
+            global_scale,
+            scale_layout,
+            ..Default::default()
+        };
+        check_quantize(
+            &dev,
+            &stream,
+            &host,
+            rows,
+            cols,
+            &opts,
+            &format!("seed {seed} {rows}x{cols} {opts:?}"),
+        );
+    }
+}
+
+#[test]
+fn gpu_quantize_long_walks_match_cpu_bf16() {
+    quantize_long_walks_for::<bf16>("gpu_quantize_long_walks_match_cpu_bf16", 6144);
+}
+
+#[test]
+fn gpu_quantize_long_walks_match_cpu_f16() {
+    quantize_long_walks_for::<f16>("gpu_quantize_long_walks_match_cpu_f16", 6144);
+}
+
+#[test]
+fn gpu_quantize_long_walks_match_cpu_f32() {
+    quantize_long_walks_for::<f32>("gpu_quantize_long_walks_match_cpu_f32", 6144);
+}
+
 /// Elements placed on and a few ulps around every E2M1 rounding threshold of their block, in quotient
 /// space (x = t * d, d the block's decode scale as the CPU computes it), over global scales from 2^-80
 /// to 2^90, so blocks on both sides of the kernel's fast-quotient range guard are hit; plus subnormal
@@ -320,9 +375,6 @@ fn gpu_quantize_kernel_writes_every_byte() {
     let host: Vec<bf16> = convert(&mixed_values(&mut Rng::new(seed), rows * cols));
     let cpu = quant::quantize("x", &host, rows, cols, &QuantizeOptions::default()).unwrap();
     let x = upload(&stream, "x", &host).unwrap();
-    let gs = upload(&stream, "gs", &[cpu.global_scale()]).unwrap();
-    let mut codes = upload(&stream, "codes", &vec![0xA5u8; rows * cols / 2]).unwrap();
-    let mut scales = upload(&stream, "scales", &vec![0x5Au8; rows * cols / 16]).unwrap();
     let shape = nvfp4::cuda::launch::QuantizeShape {
         rows,
         cols,
@@ -331,17 +383,37 @@ fn gpu_quantize_kernel_writes_every_byte() {
         zero_sign: ZeroSign::ModelOpt,
         clamp_scale: true,
     };
-    nvfp4::cuda::launch::quantize(&dev, &stream, &x, shape, &gs, &mut codes, &mut scales).unwrap();
-    assert_eq!(
-        download(&stream, "codes", &codes).unwrap(),
-        cpu.codes(),
-        "seed {seed}"
-    );
-    assert_eq!(
-        download(&stream, "scales", &scales).unwrap(),
-        cpu.scales(),
-        "seed {seed}"
-    );
+    // Once with the global scale given, once derived by the kernel from the amax (then the kernel's
+    // store of the scale is checked too, over a poisoned NaN).
+    let (amax, _) = quant::amax(&host);
+    let GlobalScale::FromAmax(rule) = QuantizeOptions::default().global_scale else {
+        panic!("the default global scale is derived from the amax")
+    };
+    let amax_bits = upload(&stream, "amax", &[amax.to_bits()]).unwrap();
+    for derive in [None, Some((&amax_bits, rule))] {
+        let given = if derive.is_some() {
+            f32::NAN
+        } else {
+            cpu.global_scale()
+        };
+        let mut gs = upload(&stream, "gs", &[given]).unwrap();
+        let mut codes = upload(&stream, "codes", &vec![0xA5u8; rows * cols / 2]).unwrap();
+        let mut scales = upload(&stream, "scales", &vec![0x5Au8; rows * cols / 16]).unwrap();
+        nvfp4::cuda::launch::quantize(&dev, &stream, &x, shape, &mut gs, derive, &mut codes, &mut scales)
+            .unwrap();
+        let what = format!("seed {seed}, derived scale {}", derive.is_some());
+        assert_eq!(download(&stream, "codes", &codes).unwrap(), cpu.codes(), "{what}");
+        assert_eq!(
+            download(&stream, "scales", &scales).unwrap(),
+            cpu.scales(),
+            "{what}"
+        );
+        assert_eq!(
+            download(&stream, "gs", &gs).unwrap()[0].to_bits(),
+            cpu.global_scale().to_bits(),
+            "{what}"
+        );
+    }
 }
 
 fn dequantize_matches_cpu_for<T: GpuElement + PartialEq + std::fmt::Debug>(
