@@ -36,9 +36,11 @@ pub fn cublas_loadable() -> std::result::Result<(), String> {
     if present {
         Ok(())
     } else {
+        let names = cudarc::get_lib_name_candidates("cublas");
         Err(format!(
-            "libcublas was not found by the dynamic loader (tried {})",
-            cudarc::get_lib_name_candidates("cublas").join(", ")
+            "libcublas was not found by the dynamic loader ({} names tried, such as {})",
+            names.len(),
+            names.iter().rev().take(3).cloned().collect::<Vec<_>>().join(", ")
         ))
     }
 }

@@ -122,7 +122,10 @@ pub enum GemmRoute {
     /// (global scale 1.0) into 16-bit workspaces the plan owns, then one cuBLAS GEMM with f32
     /// accumulation and alpha = the global scale(s) read on the device, then the bias and the rounding to
     /// the output type as the mma.sync kernels apply them. Linear or swizzled block scales; results
-    /// within the same f32 bound as [`GemmRoute::Dequantize`], bit for bit on exact-sum inputs.
+    /// within the same f32 bound as [`GemmRoute::Dequantize`], bit for bit on exact-sum inputs. Each
+    /// launch dequantizes the weights again (they may change between launches). Launches allocate
+    /// nothing and never synchronize; capture one into a CUDA graph only after a first, uncaptured
+    /// launch, since cuBLAS loads its kernels on first use.
     DequantizeCublas {
         /// The workspaces' type: the activations' for W4A16; for W4A4 f16 with an f16 output, else bf16.
         dtype: Dtype,
@@ -288,7 +291,8 @@ fn cublas_fits(spec: &GemmSpec) -> Result<()> {
         return Err(Error::shape(
             "GEMM [M, N, K]",
             &[m, n, k],
-            "the dequantize + cuBLAS route needs each dimension within 2^31 - 1 (cuBLAS's int) and              every operand's element count within usize",
+            "the dequantize + cuBLAS route needs each dimension within 2^31 - 1 (cuBLAS's int) and \
+             every operand's element count within usize",
         ));
     }
     Ok(())
@@ -304,7 +308,9 @@ fn cublas_choice(spec: &GemmSpec, why: &str) -> GemmChoice {
     GemmChoice {
         route: GemmRoute::DequantizeCublas { dtype },
         reason: format!(
-            "dequantize + cuBLAS ({what} dequantized exactly to {dtype:?} with global scale 1.0 into the              plan's workspace, then cublasGemmEx with f32 accumulation, alpha = {alpha} on the device,              bias and rounding as the mma.sync kernels; {why})"
+            "dequantize + cuBLAS ({what} dequantized exactly to {dtype:?} with global scale 1.0 into the \
+             plan's workspace, then cublasGemmEx with f32 accumulation, alpha = {alpha} on the device, \
+             bias and rounding as the mma.sync kernels; {why})"
         ),
     }
 }
