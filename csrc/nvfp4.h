@@ -240,6 +240,40 @@ typedef struct nvfp4_mma_probe_params {
     uint32_t tid_b;
 } nvfp4_mma_probe_params;
 
+/*
+ * nvfp4_blas_alpha / nvfp4_blas_epilogue: the device-side ends of the dequantize + cuBLAS GEMM route
+ * (ops::GemmPlan, csrc/gemm_blas.cu). That route dequantizes the NVFP4 operands without their global
+ * scales into 16-bit workspaces (exact), multiplies them with cuBLAS (f32 accumulation, alpha read on the
+ * device), and applies what the nvfp4_gemm_* epilogue applies in the same order: v = acc * alpha, then
+ * v = v + bias[n], each one f32 round-to-nearest operation, then one round-to-nearest-even to out_dtype.
+ *
+ * nvfp4_blas_alpha: *alpha = *a_global_scale * *w_global_scale (one f32 rounding), for W4A4 plans.
+ *   Launch: grid 1, block 1 (other threads do nothing).
+ */
+typedef struct nvfp4_blas_alpha_params {
+    const float *a_global_scale;
+    const float *w_global_scale;
+    float *alpha;
+} nvfp4_blas_alpha_params;
+
+/*
+ * nvfp4_blas_epilogue: out[r, c] = to_out_dtype(src[r, c] + bias[c]) over rows x n, src f32 (cuBLAS's
+ * alpha * acc), bias of bias_dtype widened exactly to f32 (no add when bias is NULL: a plain narrowing).
+ * src may equal out when out_dtype is F32 (each element is read and written by one thread); otherwise
+ * they must not overlap.
+ *   Launch: blockDim.x = 256 (any multiple of 32 works); grid = (ceil(n / 256) capped at 2^31 - 1,
+ *   min(rows, 65535)): columns across x, rows across y, both grid-stride.
+ */
+typedef struct nvfp4_blas_epilogue_params {
+    const float *src;  /* [rows, n] f32 */
+    const void *bias;  /* [n] of bias_dtype, or NULL */
+    void *out;         /* [rows, n] of out_dtype, row-major */
+    uint64_t rows;
+    uint64_t n;
+    uint32_t out_dtype;  /* enum nvfp4_dtype */
+    uint32_t bias_dtype; /* enum nvfp4_dtype; ignored when bias is NULL */
+} nvfp4_blas_epilogue_params;
+
 #ifdef __cplusplus
 } /* extern "C" */
 #endif
@@ -260,6 +294,8 @@ extern "C" __global__ void nvfp4_checksum(nvfp4_checksum_params p);
 extern "C" __global__ void nvfp4_gemm_fp4_sm120(nvfp4_gemm_fp4_params p);
 extern "C" __global__ void nvfp4_gemm_fp4_small_sm120(nvfp4_gemm_fp4_params p);
 extern "C" __global__ void nvfp4_mma_probe_sm120(nvfp4_mma_probe_params p);
+extern "C" __global__ void nvfp4_blas_alpha(nvfp4_blas_alpha_params p);
+extern "C" __global__ void nvfp4_blas_epilogue(nvfp4_blas_epilogue_params p);
 #endif
 
 #endif /* NVFP4_H */

@@ -14,7 +14,8 @@
 //!   `kernels` (array of `{op, family, why}`); GPU keys are null without a GPU
 //! - `selftest` (checks: `cpu_quantize`, `cpu_dequantize`, `cpu_reference_gemm`; with a GPU also
 //!   `quantize`, `dequantize`, `scale_layout`, `gemv_w4a16`, `gemm_w4a16`, `gemv_w4a4`, `gemm_w4a4`,
-//!   `gemm_fp4_sm120`, `offload_stream`, `checksum`): array of `{name, device ("cpu"|"gpu"), status ("PASS"|"FAIL"|"SKIP"), detail}`
+//!   `gemm_cublas` (the dequantize + cuBLAS route; SKIP without cuBLAS), `gemm_fp4_sm120`,
+//!   `offload_stream`, `checksum`): array of `{name, device ("cpu"|"gpu"), status ("PASS"|"FAIL"|"SKIP"), detail}`
 //! - `transfers`: null, or `{bytes, pinned_h2d_gbs, pinned_d2h_gbs, pageable_h2d_gbs,
 //!   pageable_d2h_gbs, pool_cap_bytes}`
 //! - `overlap`: null, or `{copy_ms, gemm_ms, both_ms, ratio}` (ratio = both / max(copy, gemm))
@@ -465,11 +466,14 @@ fn system(dev: &Device, r: &mut DiagReport) {
         match GemmPlan::new(dev, dev.stream(), &GemmSpec::w4a16(m, 3072, 3072)) {
             Ok(p) => s.kernels.push(KernelChoice {
                 op: op.into(),
-                family: format!(
-                    "{} mma.sync in-register decode ({:?})",
-                    family(i.compute_capability),
-                    p.kernel()
-                ),
+                family: match p.route() {
+                    GemmRoute::DequantizeCublas { dtype } => format!("dequantize to {dtype:?} + cuBLAS"),
+                    _ => format!(
+                        "{} mma.sync in-register decode ({:?})",
+                        family(i.compute_capability),
+                        p.kernel()
+                    ),
+                },
                 why: p.explain().to_string(),
             }),
             Err(e) => s.kernels.push(KernelChoice {
@@ -494,6 +498,9 @@ fn system(dev: &Device, r: &mut DiagReport) {
                         "sm_120 FP4 tensor cores ({}, Fp4Backend::{backend:?})",
                         tile.kernel().symbol()
                     ),
+                    GemmRoute::DequantizeCublas { dtype } => {
+                        format!("dequantize to {dtype:?} + cuBLAS")
+                    }
                 },
                 why: p.explain().to_string(),
             }),
@@ -798,12 +805,26 @@ pub fn gpu_selftest(dev: &Device, hook: Option<&str>) -> Vec<Check> {
             Ok(first_diff(&got, want.scales(), "linear -> 128x4 swizzled scales"))
         })(),
     ));
-    for (name, m, w4a4) in [
-        ("gemv_w4a16", 3usize, false),
-        ("gemm_w4a16", 80, false),
-        ("gemv_w4a4", 3, true),
-        ("gemm_w4a4", 80, true),
+    // The mma.sync kernels by name (the cuBLAS route forbidden, or M = 80 would take it), then the
+    // dequantize + cuBLAS route forced, where cuBLAS loads.
+    for (name, m, w4a4, cublas) in [
+        ("gemv_w4a16", 3usize, false, Some(false)),
+        ("gemm_w4a16", 80, false, Some(false)),
+        ("gemv_w4a4", 3, true, Some(false)),
+        ("gemm_w4a4", 80, true, Some(false)),
+        ("gemm_cublas", 80, false, Some(true)),
     ] {
+        if let (Some(true), ops::CublasAvailability::Unavailable(why)) =
+            (cublas, ops::CublasAvailability::probe())
+        {
+            out.push(Check {
+                name: name.into(),
+                device: "gpu",
+                status: Status::Skip,
+                detail: format!("the dequantize + cuBLAS route is unavailable: {why}"),
+            });
+            continue;
+        }
         let a = rng.normal_vec(m * k, 1.0);
         out.push(check(
             name,
@@ -818,6 +839,7 @@ pub fn gpu_selftest(dev: &Device, hook: Option<&str>) -> Vec<Check> {
                         GemmOp::W4A16(Dtype::Bf16)
                     },
                     out: Dtype::F32,
+                    cublas,
                     ..GemmSpec::w4a16(m, n, k)
                 };
                 let mut plan = GemmPlan::new(dev, &s, &spec)?;
@@ -837,7 +859,7 @@ pub fn gpu_selftest(dev: &Device, hook: Option<&str>) -> Vec<Check> {
                     got[0] += 1.0e3;
                 }
                 // As tests/gpu/gemm.rs: truncating tensor-core adds count twice, plus the epilogue.
-                Ok(within(&want, &got, k + 4, &format!("{:?}", plan.kernel())))
+                Ok(within(&want, &got, k + 4, &format!("{:?}", plan.route())))
             })(),
         ));
     }

@@ -333,3 +333,52 @@ const _: () = {
     ["Offset of field: nvfp4_mma_probe_params::tid_b"]
         [::core::mem::offset_of!(nvfp4_mma_probe_params, tid_b) - 60usize];
 };
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct nvfp4_blas_alpha_params {
+    pub a_global_scale: *const f32,
+    pub w_global_scale: *const f32,
+    pub alpha: *mut f32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of nvfp4_blas_alpha_params"][::core::mem::size_of::<nvfp4_blas_alpha_params>() - 24usize];
+    ["Alignment of nvfp4_blas_alpha_params"][::core::mem::align_of::<nvfp4_blas_alpha_params>() - 8usize];
+    ["Offset of field: nvfp4_blas_alpha_params::a_global_scale"]
+        [::core::mem::offset_of!(nvfp4_blas_alpha_params, a_global_scale) - 0usize];
+    ["Offset of field: nvfp4_blas_alpha_params::w_global_scale"]
+        [::core::mem::offset_of!(nvfp4_blas_alpha_params, w_global_scale) - 8usize];
+    ["Offset of field: nvfp4_blas_alpha_params::alpha"]
+        [::core::mem::offset_of!(nvfp4_blas_alpha_params, alpha) - 16usize];
+};
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct nvfp4_blas_epilogue_params {
+    pub src: *const f32,
+    pub bias: *const ::core::ffi::c_void,
+    pub out: *mut ::core::ffi::c_void,
+    pub rows: u64,
+    pub n: u64,
+    pub out_dtype: u32,
+    pub bias_dtype: u32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of nvfp4_blas_epilogue_params"][::core::mem::size_of::<nvfp4_blas_epilogue_params>() - 48usize];
+    ["Alignment of nvfp4_blas_epilogue_params"]
+        [::core::mem::align_of::<nvfp4_blas_epilogue_params>() - 8usize];
+    ["Offset of field: nvfp4_blas_epilogue_params::src"]
+        [::core::mem::offset_of!(nvfp4_blas_epilogue_params, src) - 0usize];
+    ["Offset of field: nvfp4_blas_epilogue_params::bias"]
+        [::core::mem::offset_of!(nvfp4_blas_epilogue_params, bias) - 8usize];
+    ["Offset of field: nvfp4_blas_epilogue_params::out"]
+        [::core::mem::offset_of!(nvfp4_blas_epilogue_params, out) - 16usize];
+    ["Offset of field: nvfp4_blas_epilogue_params::rows"]
+        [::core::mem::offset_of!(nvfp4_blas_epilogue_params, rows) - 24usize];
+    ["Offset of field: nvfp4_blas_epilogue_params::n"]
+        [::core::mem::offset_of!(nvfp4_blas_epilogue_params, n) - 32usize];
+    ["Offset of field: nvfp4_blas_epilogue_params::out_dtype"]
+        [::core::mem::offset_of!(nvfp4_blas_epilogue_params, out_dtype) - 40usize];
+    ["Offset of field: nvfp4_blas_epilogue_params::bias_dtype"]
+        [::core::mem::offset_of!(nvfp4_blas_epilogue_params, bias_dtype) - 44usize];
+};

@@ -41,11 +41,15 @@ pub enum KernelId {
     GemmFp4SmallSm120,
     /// The bare sm_120 FP4 MMA (or its emulation) on independent tiles, for tests.
     MmaProbeSm120,
+    /// The dequantize + cuBLAS GEMM route's W4A4 alpha (product of the global scales, on the device).
+    BlasAlpha,
+    /// The dequantize + cuBLAS GEMM route's bias add and narrowing to the output type.
+    BlasEpilogue,
 }
 
 impl KernelId {
     /// Every kernel.
-    pub const ALL: [KernelId; 15] = [
+    pub const ALL: [KernelId; 17] = [
         KernelId::Amax,
         KernelId::GlobalScale,
         KernelId::Quantize,
@@ -61,6 +65,8 @@ impl KernelId {
         KernelId::GemmFp4Sm120,
         KernelId::GemmFp4SmallSm120,
         KernelId::MmaProbeSm120,
+        KernelId::BlasAlpha,
+        KernelId::BlasEpilogue,
     ];
 
     /// The `extern "C"` symbol.
@@ -81,6 +87,8 @@ impl KernelId {
             KernelId::GemmFp4Sm120 => "nvfp4_gemm_fp4_sm120",
             KernelId::GemmFp4SmallSm120 => "nvfp4_gemm_fp4_small_sm120",
             KernelId::MmaProbeSm120 => "nvfp4_mma_probe_sm120",
+            KernelId::BlasAlpha => "nvfp4_blas_alpha",
+            KernelId::BlasEpilogue => "nvfp4_blas_epilogue",
         }
     }
 
@@ -98,6 +106,7 @@ impl KernelId {
             KernelId::GemmFp4Sm120 | KernelId::GemmFp4SmallSm120 | KernelId::MmaProbeSm120 => {
                 "gemm_fp4_sm120"
             }
+            KernelId::BlasAlpha | KernelId::BlasEpilogue => "gemm_blas",
         }
     }
 }

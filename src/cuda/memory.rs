@@ -25,6 +25,10 @@ unsafe impl DeviceRepr for super::abi::nvfp4_gemm_params {}
 unsafe impl DeviceRepr for super::abi::nvfp4_gemm_fp4_params {}
 // SAFETY: as above.
 unsafe impl DeviceRepr for super::abi::nvfp4_mma_probe_params {}
+// SAFETY: as above.
+unsafe impl DeviceRepr for super::abi::nvfp4_blas_alpha_params {}
+// SAFETY: as above.
+unsafe impl DeviceRepr for super::abi::nvfp4_blas_epilogue_params {}
 
 /// Maps a driver error to [`Error::Cuda`] with what was being done.
 pub(crate) fn cuda(context: impl Into<String>) -> impl FnOnce(DriverError) -> Error {

@@ -21,7 +21,9 @@ mod pinned_pool;
 mod stream;
 
 #[cfg(feature = "cublas")]
-pub use blas::CublasBf16;
+pub(crate) use blas::{BlasGemm, blas_alpha, blas_epilogue};
+#[cfg(feature = "cublas")]
+pub use blas::{CublasBf16, cublas_loadable};
 pub use checksum::checksum;
 pub use device::{Device, DeviceInfo};
 pub use kernels::{KernelId, NVCC_VERSION, TARGETS, fatbin_sizes};

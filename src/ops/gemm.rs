@@ -6,14 +6,18 @@
 //! workspace; launching it allocates nothing and never synchronizes, so it can run in hot loops and
 //! under CUDA-graph capture.
 //!
-//! Two kernel families ([`GemmRoute`]): the mma.sync kernels that decode NVFP4 to bf16/f16 in registers
-//! (every GPU from sm_80, and W4A16 everywhere), and, for W4A4 on sm_12x, the sm_120 block-scaled FP4
-//! tensor-core kernel of [`super::gemm_fp4`] (csrc/gemm_fp4_sm120.cu).
+//! Three routes ([`GemmRoute`]): the mma.sync kernels that decode NVFP4 to bf16/f16 in registers
+//! (every GPU from sm_80, and W4A16 everywhere), for W4A4 on sm_12x the sm_120 block-scaled FP4
+//! tensor-core kernel of [`super::gemm_fp4`] (csrc/gemm_fp4_sm120.cu), and for large M (feature
+//! `cublas`, libcublas loaded at run time) the operands dequantized into a 16-bit workspace and
+//! multiplied by cuBLAS ([`GemmRoute::DequantizeCublas`]).
 
 use std::sync::Arc;
 
 use cudarc::driver::{CudaSlice, CudaStream};
 
+#[cfg(feature = "cublas")]
+use super::gemm_blas::CublasExec;
 use super::gemm_fp4::{Fp4Backend, fp4_tile_for};
 use super::quantize::{DeviceNvfp4, GpuElement, Nvfp4View};
 use crate::cuda::gemm_fp4::{self as fp4, Fp4Tile, GEMM_SCALE_LAYOUT, GemmFp4Operands};
@@ -53,14 +57,19 @@ pub struct GemmSpec {
     /// Force this dequantize (mma.sync) kernel instead of choosing by M; for W4A4 on sm_12x this also
     /// forces the dequantize route instead of the FP4 tensor cores. Exclusive with `fp4_backend`.
     pub kernel: Option<GemmKernel>,
-    /// Force this many K splits (1 turns split-K off) instead of choosing by occupancy (dequantize
-    /// route only; the FP4 kernel never splits K).
+    /// Force this many K splits (1 turns split-K off) instead of choosing by occupancy (mma.sync
+    /// route only, so it also keeps an unforced plan off the cuBLAS route; the FP4 kernel never splits
+    /// K).
     pub splits: Option<usize>,
     /// W4A4 only: force the sm_120 FP4 tensor-core route on this backend instead of choosing by compute
     /// capability. `Some(Fp4Backend::Sm120Emulated)` runs the sm_120 kernel on an H100 (the instruction
     /// emulated, for verification); `None` takes [`Fp4Backend::Native`] on sm_12x and the dequantize
     /// kernels elsewhere. Exclusive with `kernel`.
     pub fp4_backend: Option<Fp4Backend>,
+    /// The dequantize + cuBLAS route ([`GemmRoute::DequantizeCublas`]): `Some(true)` forces it (an
+    /// error where cuBLAS is unavailable; exclusive with `kernel`, `fp4_backend` and `splits` above 1),
+    /// `Some(false)` forbids it, `None` lets the plan's cost model decide ([`choose_kernel`]).
+    pub cublas: Option<bool>,
 }
 
 impl GemmSpec {
@@ -76,6 +85,7 @@ impl GemmSpec {
             kernel: None,
             splits: None,
             fp4_backend: None,
+            cublas: None,
         }
     }
 
@@ -108,6 +118,69 @@ pub enum GemmRoute {
         /// The CTA tile, chosen by M ([`Fp4Tile::for_m`]).
         tile: Fp4Tile,
     },
+    /// Large M (feature `cublas`, libcublas loaded at run time): the NVFP4 operands dequantized exactly
+    /// (global scale 1.0) into 16-bit workspaces the plan owns, then one cuBLAS GEMM with f32
+    /// accumulation and alpha = the global scale(s) read on the device, then the bias and the rounding to
+    /// the output type as the mma.sync kernels apply them. Linear or swizzled block scales; results
+    /// within the same f32 bound as [`GemmRoute::Dequantize`], bit for bit on exact-sum inputs. Each
+    /// launch dequantizes the weights again (they may change between launches). Launches allocate
+    /// nothing and never synchronize; capture one into a CUDA graph only after a first, uncaptured
+    /// launch, since cuBLAS loads its kernels on first use.
+    DequantizeCublas {
+        /// The workspaces' type: the activations' for W4A16; for W4A4 f16 with an f16 output, else bf16.
+        dtype: Dtype,
+    },
+}
+
+/// Whether the dequantize + cuBLAS route can run: the input [`choose_kernel`] needs besides the GPU.
+///
+/// ```
+/// use nvfp4::ops::CublasAvailability;
+/// let here = CublasAvailability::probe();
+/// println!("cuBLAS route: {here:?}");
+/// assert!(!CublasAvailability::Unavailable("no libcublas".into()).is_available());
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CublasAvailability {
+    /// libcublas loads in this process.
+    Available,
+    /// Why not: a build without the `cublas` feature, libcublas not found, a handle that could not be
+    /// created.
+    Unavailable(String),
+}
+
+impl CublasAvailability {
+    /// This build and process: [`CublasAvailability::Available`] when the crate has the `cublas`
+    /// feature and libcublas can be loaded (probed once per process, no handle created).
+    ///
+    /// ```
+    /// use nvfp4::ops::CublasAvailability;
+    /// if let CublasAvailability::Unavailable(why) = CublasAvailability::probe() {
+    ///     println!("large-M GEMMs stay on the mma.sync kernels: {why}");
+    /// }
+    /// ```
+    pub fn probe() -> Self {
+        #[cfg(feature = "cublas")]
+        {
+            match crate::cuda::cublas_loadable() {
+                Ok(()) => CublasAvailability::Available,
+                Err(why) => CublasAvailability::Unavailable(why),
+            }
+        }
+        #[cfg(not(feature = "cublas"))]
+        {
+            CublasAvailability::Unavailable("this build of nvfp4 has no `cublas` feature".into())
+        }
+    }
+
+    /// Whether the route can run.
+    ///
+    /// ```
+    /// assert!(nvfp4::ops::CublasAvailability::Available.is_available());
+    /// ```
+    pub fn is_available(&self) -> bool {
+        matches!(self, CublasAvailability::Available)
+    }
 }
 
 /// The device-independent part of a plan: which kernel runs, and why.
@@ -153,30 +226,172 @@ const SMALL_M: usize = 32;
 /// The fewest K steps a split gets, so that the partial-sum round trip stays small against its loads.
 const MIN_STEPS_PER_SPLIT: usize = 4;
 
-/// Which kernel a plan for `spec` runs on a GPU of compute capability `cc`, and why: the whole dispatch
-/// decision of [`GemmPlan::new`] but the split-K count (which needs the SM count), as a pure function,
-/// so it can be checked without a GPU.
+/// The cost model [`choose_kernel`] compares the mma.sync route with the dequantize + cuBLAS route by,
+/// for M above [`SMALL_M`] (below it the 16-row kernels stream 4.5-bit weights, and the cuBLAS route
+/// would write and read them at 16 bits). Estimates in microseconds from the H100 sweep of 2026-12-07
+/// (BENCHMARKS.md, `benchmarks/gemm-h100-2026-12-07.json`, issue #5); other GPUs scale both routes
+/// roughly alike, so the comparison, not the absolute figure, is what the plan uses.
+mod cost {
+    /// `ops::dequantize` to 16 bits: 68 us for 8192² on the H100, 1.0 ps per element.
+    pub const DEQUANT_PS: f64 = 1.0;
+    /// cuBLAS bf16 where it is bandwidth-bound: 58 us at M <= 128 on 8192² (134 MB of weights).
+    pub const BLAS_BYTES_PER_US: f64 = 2.3e6;
+    /// cuBLAS bf16 where it is compute-bound: 660 us at M = 4096 on 8192² (833 TFLOPS).
+    pub const BLAS_FLOP_PER_US: f64 = 8.3e8;
+    /// The route's extra launches (dequantize, alpha, epilogue) beyond cuBLAS's own.
+    pub const BLAS_FIXED_US: f64 = 5.0;
+    /// The 64-row mma.sync kernel's floor: 50.6 us at M = 64 on 2560² (6.5 M weights), 60 us on 3072².
+    pub const MMA_FIXED_US: f64 = 40.0;
+    /// The 64-row kernel's ps per weight for the first 64-row tile of M (W4A16: 116 us at M = 64 on
+    /// 8192², 316 us on 8192x28672; W4A4: 187 us on 8192²) and for each further tile (W4A16: 4987 us at
+    /// M = 4096 and 1380 at M = 1024 on 8192²; W4A4: 5574 and 1587).
+    pub const MMA_FIRST_TILE_PS: [f64; 2] = [1.2, 2.2];
+    pub const MMA_TILE_PS: [f64; 2] = [1.15, 1.24];
+}
+
+/// (mma.sync, dequantize + cuBLAS) estimated microseconds for `spec` with M above [`SMALL_M`].
+fn route_costs(spec: &GemmSpec) -> (f64, f64) {
+    let (m, n, k) = (spec.m as f64, spec.n as f64, spec.k as f64);
+    let w4a4 = spec.op == GemmOp::W4A4;
+    let op = usize::from(w4a4);
+    let tiles = spec.m.div_ceil(64).max(1) as f64;
+    let mma = cost::MMA_FIXED_US
+        + n * k * (cost::MMA_FIRST_TILE_PS[op] + cost::MMA_TILE_PS[op] * (tiles - 1.0)) / 1e6;
+    let dequant = cost::DEQUANT_PS * (n * k + if w4a4 { m * k } else { 0.0 }) / 1e6;
+    let half = cublas_dtype(spec);
+    let staged = spec.bias || (spec.out != Dtype::F32 && spec.out != half);
+    let c_bytes = if staged { 4.0 } else { spec.out.size() as f64 };
+    let gemm_bytes = 2.0 * (n * k + m * k) + c_bytes * m * n;
+    let gemm = (gemm_bytes / cost::BLAS_BYTES_PER_US).max(2.0 * m * n * k / cost::BLAS_FLOP_PER_US);
+    // The epilogue reads cuBLAS's f32 and writes the output.
+    let epilogue = if staged {
+        (4.0 + spec.out.size() as f64) * m * n / cost::BLAS_BYTES_PER_US
+    } else {
+        0.0
+    };
+    (mma, cost::BLAS_FIXED_US + dequant + gemm + epilogue)
+}
+
+/// The workspaces' type on the dequantize + cuBLAS route: W4A16 multiplies in the activations' type;
+/// W4A4 in f16 when the output is f16 (cuBLAS then writes it directly), else in bf16.
+fn cublas_dtype(spec: &GemmSpec) -> Dtype {
+    match spec.op {
+        GemmOp::W4A16(act) => act,
+        GemmOp::W4A4 if spec.out == Dtype::F16 => Dtype::F16,
+        GemmOp::W4A4 => Dtype::Bf16,
+    }
+}
+
+/// Whether cuBLAS (32-bit dimensions) and the workspaces (element counts) can hold `spec`.
+fn cublas_fits(spec: &GemmSpec) -> Result<()> {
+    let (m, n, k) = (spec.m, spec.n, spec.k);
+    let limit = i32::MAX as usize;
+    let counts = [m.checked_mul(k), n.checked_mul(k), m.checked_mul(n)];
+    if m > limit || n > limit || k > limit || counts.iter().any(Option::is_none) {
+        return Err(Error::shape(
+            "GEMM [M, N, K]",
+            &[m, n, k],
+            "the dequantize + cuBLAS route needs each dimension within 2^31 - 1 (cuBLAS's int) and \
+             every operand's element count within usize",
+        ));
+    }
+    Ok(())
+}
+
+/// The dequantize + cuBLAS choice, with `why`.
+fn cublas_choice(spec: &GemmSpec, why: &str) -> GemmChoice {
+    let dtype = cublas_dtype(spec);
+    let (what, alpha) = match spec.op {
+        GemmOp::W4A16(_) => ("NVFP4 weights", "W's global scale"),
+        GemmOp::W4A4 => ("both NVFP4 operands", "a_gs * w_gs"),
+    };
+    GemmChoice {
+        route: GemmRoute::DequantizeCublas { dtype },
+        reason: format!(
+            "dequantize + cuBLAS ({what} dequantized exactly to {dtype:?} with global scale 1.0 into the \
+             plan's workspace, then cublasGemmEx with f32 accumulation, alpha = {alpha} on the device, \
+             bias and rounding as the mma.sync kernels; {why})"
+        ),
+    }
+}
+
+/// The automatic dequantize + cuBLAS decision for a spec that forces nothing else: `Ok(why)` takes the
+/// route, `Err(note)` stays on mma.sync with `note` for the reason (empty where the route was never in
+/// question).
+fn cublas_auto(spec: &GemmSpec, cublas: &CublasAvailability) -> std::result::Result<String, String> {
+    if spec.m <= SMALL_M && spec.cublas.is_none() {
+        return Err(String::new());
+    }
+    if spec.cublas == Some(false) {
+        return Err("; dequantize + cuBLAS forbidden by the caller (GemmSpec::cublas)".into());
+    }
+    if spec.kernel.is_some() || spec.splits.is_some() {
+        return Err(
+            "; dequantize + cuBLAS not considered: a mma.sync kernel or split count is forced".into(),
+        );
+    }
+    if spec.m <= SMALL_M {
+        return Err(String::new());
+    }
+    if let Err(e) = cublas_fits(spec) {
+        return Err(format!("; dequantize + cuBLAS not possible: {e}"));
+    }
+    let (mma, blas) = route_costs(spec);
+    let estimate =
+        format!("estimated {blas:.0} us against {mma:.0} us on the 64-row mma.sync kernel, H100 figures");
+    if blas >= mma {
+        return Err(format!("; dequantize + cuBLAS not taken ({estimate})"));
+    }
+    match cublas {
+        CublasAvailability::Available => Ok(format!("M = {} > {SMALL_M}, {estimate}", spec.m)),
+        CublasAvailability::Unavailable(why) => Err(format!(
+            "; dequantize + cuBLAS would be faster here ({estimate}) but is unavailable: {why}"
+        )),
+    }
+}
+
+/// Which kernel a plan for `spec` runs on a GPU of compute capability `cc` with cuBLAS `cublas`, and
+/// why: the whole dispatch decision of [`GemmPlan::new`] but the split-K count (which needs the SM
+/// count), as a pure function, so it can be checked without a GPU.
 ///
 /// - W4A4 on sm_12x: the sm_120 FP4 tensor-core kernel ([`Fp4Backend::Native`]), both operands fed to
 ///   the tensor cores as E2M1 with their UE4M3 block scales, nothing decoded to 16 bits.
-/// - W4A4 elsewhere (sm_80, sm_90, sm_100), and W4A16 everywhere: the mma.sync dequantize kernels, the
-///   16-row one up to M = 32, the 64-row one above.
+/// - Otherwise (W4A4 on sm_80, sm_90, sm_100, and W4A16 everywhere) up to M = 32: the 16-row mma.sync
+///   kernels, which stream the 4.5-bit weights.
+/// - Above M = 32: dequantize + cuBLAS ([`GemmRoute::DequantizeCublas`]) where cuBLAS is available and
+///   its estimate (dequantizing N·K weights, then cuBLAS bandwidth- or compute-bound) beats the 64-row
+///   mma.sync kernel's (a floor plus a cost per weight per 64 rows of M), both from the H100 sweep in
+///   BENCHMARKS.md; else the 64-row mma.sync kernel, with the reason cuBLAS was not taken. Both grow
+///   with N·K, so in effect this is a threshold on M: cuBLAS from M = 65 on every shape of the sweep,
+///   from M = 33 on all but W4A16 on the three largest layers (8192², 8192x28672, 28672x8192), which
+///   keep the mma.sync kernel up to M = 64 (measured 116, 316 and 498 us there, against an estimated
+///   131, 446 and 446 us for dequantize + cuBLAS: the last is the model's one wrong pick in the sweep).
 /// - Overrides: [`GemmSpec::fp4_backend`] forces the FP4 route (on sm_90 only with
-///   [`Fp4Backend::Sm120Emulated`]), [`GemmSpec::kernel`] a dequantize kernel.
+///   [`Fp4Backend::Sm120Emulated`]), [`GemmSpec::kernel`] a mma.sync kernel, [`GemmSpec::cublas`] the
+///   dequantize + cuBLAS route (or forbids it).
 ///
 /// Errors: GPUs below sm_80 and a forced FP4 route the GPU cannot run ([`Error::UnsupportedArch`]);
-/// f32 W4A16 activations, an FP4 backend for W4A16, or both overrides ([`Error::InvalidValue`]); K not a
-/// positive multiple of 16 or a grid beyond the driver's limits ([`Error::Shape`]).
+/// f32 W4A16 activations, an FP4 backend for W4A16, or conflicting overrides ([`Error::InvalidValue`]);
+/// a forced cuBLAS route without cuBLAS ([`Error::Cublas`]); K not a positive multiple of 16 or a grid
+/// beyond the driver's limits ([`Error::Shape`]).
 ///
 /// ```
-/// use nvfp4::ops::{choose_kernel, Fp4Backend, Fp4Tile, GemmKernel, GemmRoute, GemmSpec};
+/// use nvfp4::format::Dtype;
+/// use nvfp4::ops::{choose_kernel, CublasAvailability, Fp4Backend, Fp4Tile, GemmKernel, GemmRoute, GemmSpec};
+/// let blas = CublasAvailability::Available;
 /// let spec = GemmSpec::w4a4(1, 4096, 4096);
-/// let blackwell = choose_kernel((12, 0), &spec)?;
+/// let blackwell = choose_kernel((12, 0), &spec, &blas)?;
 /// assert_eq!(blackwell.route, GemmRoute::Fp4TensorCore { backend: Fp4Backend::Native, tile: Fp4Tile::Small });
-/// assert_eq!(choose_kernel((9, 0), &spec)?.route, GemmRoute::Dequantize(GemmKernel::M16));
+/// assert_eq!(choose_kernel((9, 0), &spec, &blas)?.route, GemmRoute::Dequantize(GemmKernel::M16));
+/// let prefill = GemmSpec::w4a16(4096, 8192, 8192);
+/// assert_eq!(choose_kernel((9, 0), &prefill, &blas)?.route, GemmRoute::DequantizeCublas { dtype: Dtype::Bf16 });
+/// let none = CublasAvailability::Unavailable("no libcublas".into());
+/// let c = choose_kernel((9, 0), &prefill, &none)?;
+/// assert_eq!(c.route, GemmRoute::Dequantize(GemmKernel::M64));
+/// assert!(c.reason.contains("no libcublas"));
 /// # Ok::<(), nvfp4::Error>(())
 /// ```
-pub fn choose_kernel(cc: (u32, u32), spec: &GemmSpec) -> Result<GemmChoice> {
+pub fn choose_kernel(cc: (u32, u32), spec: &GemmSpec, cublas: &CublasAvailability) -> Result<GemmChoice> {
     let arch = format!("sm_{}{}", cc.0, cc.1);
     if cc < (8, 0) {
         return Err(Error::UnsupportedArch {
@@ -194,6 +409,33 @@ pub fn choose_kernel(cc: (u32, u32), spec: &GemmSpec) -> Result<GemmChoice> {
             &[spec.m, spec.n, spec.k],
             "K must be a positive multiple of 16 (the NVFP4 block)",
         ));
+    }
+    if spec.cublas == Some(true) {
+        let other = match (spec.kernel, spec.fp4_backend) {
+            (Some(k), _) => Some(format!("the mma.sync kernel {k:?}")),
+            (None, Some(b)) => Some(format!("the FP4 backend {b:?}")),
+            (None, None) => None,
+        };
+        if let Some(other) = other {
+            return Err(Error::invalid(
+                "cublas",
+                format!("both the dequantize + cuBLAS route and {other} are forced; force one"),
+            ));
+        }
+        if spec.splits.is_some_and(|s| s > 1) {
+            return Err(Error::invalid(
+                "splits",
+                "the dequantize + cuBLAS route takes no split count (cuBLAS chooses its own reduction)",
+            ));
+        }
+        if let CublasAvailability::Unavailable(why) = cublas {
+            return Err(Error::Cublas {
+                context: "the dequantize + cuBLAS route forced by GemmSpec::cublas".into(),
+                message: why.clone(),
+            });
+        }
+        cublas_fits(spec)?;
+        return Ok(cublas_choice(spec, "forced by the caller (GemmSpec::cublas)"));
     }
     let fp4 = match (spec.op, spec.fp4_backend, spec.kernel) {
         (GemmOp::W4A16(_), Some(b), _) => {
@@ -257,6 +499,10 @@ pub fn choose_kernel(cc: (u32, u32), spec: &GemmSpec) -> Result<GemmChoice> {
             "NVFP4 weights decoded in registers for mma.sync with the 16-bit activations".to_string()
         }
     };
+    let blas_note = match cublas_auto(spec, cublas) {
+        Ok(why) => return Ok(cublas_choice(spec, &why)),
+        Err(note) => note,
+    };
     let (tile, why_tile) = match spec.kernel {
         Some(t) => (t, "forced by the caller".to_string()),
         None if spec.m <= SMALL_M => (
@@ -277,12 +523,15 @@ pub fn choose_kernel(cc: (u32, u32), spec: &GemmSpec) -> Result<GemmChoice> {
     };
     Ok(GemmChoice {
         route: GemmRoute::Dequantize(tile),
-        reason: format!("dequantize kernel {} ({family}; {why_tile})", kernel.symbol()),
+        reason: format!(
+            "dequantize kernel {} ({family}; {why_tile}{blas_note})",
+            kernel.symbol()
+        ),
     })
 }
 
-/// What a plan launches with: the dequantize kernels' geometry and split-K scratch, or the FP4 kernel's
-/// swizzled-scale scratch.
+/// What a plan launches with: the dequantize kernels' geometry and split-K scratch, the FP4 kernel's
+/// swizzled-scale scratch, or the cuBLAS route's handle and workspaces.
 enum Exec {
     Dequantize {
         geometry: GemmGeometry,
@@ -295,6 +544,8 @@ enum Exec {
         a_scales: CudaSlice<u8>,
         w_scales: CudaSlice<u8>,
     },
+    #[cfg(feature = "cublas")]
+    Cublas(Box<CublasExec>),
 }
 
 /// A validated GEMM: kernel, grid, workspace, and why they were chosen.
@@ -306,9 +557,12 @@ pub struct GemmPlan {
 }
 
 impl GemmPlan {
-    /// Validates `spec` on `dev` ([`choose_kernel`] of its compute capability) and allocates the
-    /// workspace (zeroed, on `stream`): split-K scratch on the dequantize route, room for 128x4 swizzled
-    /// copies of both operands' scales on the FP4 route.
+    /// Validates `spec` on `dev` ([`choose_kernel`] of its compute capability and
+    /// [`CublasAvailability::probe`]) and allocates the workspace (zeroed, on `stream`): split-K scratch
+    /// on the mma.sync route, room for 128x4 swizzled copies of both operands' scales on the FP4 route,
+    /// the 16-bit operand copies and a cuBLAS handle with its workspace on the dequantize + cuBLAS route.
+    /// A cuBLAS handle that cannot be created sends an unforced plan back to the mma.sync route, with
+    /// the reason in [`GemmPlan::explain`].
     ///
     /// ```no_run
     /// use nvfp4::cuda::Device;
@@ -320,7 +574,24 @@ impl GemmPlan {
     /// ```
     pub fn new(dev: &Device, stream: &Arc<CudaStream>, spec: &GemmSpec) -> Result<Self> {
         let info = dev.info();
-        let choice = choose_kernel(info.compute_capability, spec)?;
+        let cc = info.compute_capability;
+        #[allow(unused_mut)] // reassigned only by the cuBLAS fallback
+        let mut choice = choose_kernel(cc, spec, &CublasAvailability::probe())?;
+        #[cfg(feature = "cublas")]
+        let mut blas = None;
+        #[cfg(feature = "cublas")]
+        if let GemmRoute::DequantizeCublas { dtype } = choice.route {
+            let dims = (spec.m, spec.n, spec.k);
+            let w4a4 = spec.op == GemmOp::W4A4;
+            match CublasExec::new(dev, stream, dims, w4a4, dtype, spec.out, spec.bias) {
+                Ok(x) => blas = Some(Box::new(x)),
+                Err(e @ Error::Cublas { .. }) if spec.cublas.is_none() => {
+                    let why = CublasAvailability::Unavailable(e.to_string());
+                    choice = choose_kernel(cc, spec, &why)?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
         let sms = info.sm_count.max(1) as usize;
         let head = format!(
             "{:?} -> {:?}{}, M={} N={} K={} on {} ({} SMs)",
@@ -388,6 +659,29 @@ impl GemmPlan {
                 };
                 (exec, reason)
             }
+            #[cfg(feature = "cublas")]
+            GemmRoute::DequantizeCublas { .. } => {
+                let Some(x) = blas else {
+                    return Err(Error::invalid(
+                        "GEMM plan",
+                        "the cuBLAS route has no cuBLAS handle",
+                    ));
+                };
+                let reason = format!(
+                    "{head}: {}; {}; workspace {} bytes",
+                    choice.reason,
+                    x.describe(spec.out),
+                    x.workspace_bytes()
+                );
+                (Exec::Cublas(x), reason)
+            }
+            #[cfg(not(feature = "cublas"))]
+            GemmRoute::DequantizeCublas { .. } => {
+                return Err(Error::invalid(
+                    "GEMM plan",
+                    "the dequantize + cuBLAS route needs the `cublas` feature",
+                ));
+            }
         };
         Ok(GemmPlan {
             spec: *spec,
@@ -409,9 +703,12 @@ impl GemmPlan {
 
     /// The rows of M per block of the kernel the plan launches: the dequantize kernel; on the FP4 route
     /// ([`GemmPlan::route`]) the tile of as many rows ([`GemmKernel::M16`] for [`Fp4Tile::Small`],
-    /// [`GemmKernel::M64`] for [`Fp4Tile::Large`]).
+    /// [`GemmKernel::M64`] for [`Fp4Tile::Large`]); on the dequantize + cuBLAS route, whose tiles are
+    /// cuBLAS's choice, [`GemmKernel::M64`] (the large-M tile).
     pub fn kernel(&self) -> GemmKernel {
         match &self.exec {
+            #[cfg(feature = "cublas")]
+            Exec::Cublas(_) => GemmKernel::M64,
             Exec::Dequantize { geometry, .. } => geometry.tile,
             Exec::Fp4 {
                 tile: Fp4Tile::Small, ..
@@ -422,17 +719,24 @@ impl GemmPlan {
         }
     }
 
-    /// K splits (1: split-K off; always 1 on the FP4 route).
+    /// K splits (1: split-K off; always 1 on the FP4 and cuBLAS routes, where none is chosen here).
     pub fn splits(&self) -> usize {
         match &self.exec {
             Exec::Dequantize { geometry, .. } => geometry.splits,
             Exec::Fp4 { .. } => 1,
+            #[cfg(feature = "cublas")]
+            Exec::Cublas(_) => 1,
         }
     }
 
-    /// Device bytes the plan holds: split-K scratch, or the FP4 route's swizzled-scale scratch.
+    /// Device bytes the plan holds: split-K scratch, the FP4 route's swizzled-scale scratch, or on the
+    /// dequantize + cuBLAS route the 16-bit copies of W (`N·K·2` bytes) and for W4A4 of A (`M·K·2`), an
+    /// f32 staging buffer where a bias or an output type cuBLAS cannot write needs the epilogue (at most
+    /// 64 MiB, or 256 rows of N), and cuBLAS's own workspace (32 MiB from sm_90 on, 4 MiB before).
     pub fn workspace_bytes(&self) -> usize {
         match &self.exec {
+            #[cfg(feature = "cublas")]
+            Exec::Cublas(x) => x.workspace_bytes(),
             Exec::Dequantize { geometry, .. } => (geometry.workspace_len() + geometry.counters_len()) * 4,
             Exec::Fp4 {
                 a_scales, w_scales, ..
@@ -442,12 +746,13 @@ impl GemmPlan {
 
     /// The block-scale layouts launches take: linear only on the dequantize route; either on the FP4
     /// route, where [`ScaleLayout::Swizzled128x4`] (listed first) is read in place and linear scales are
-    /// converted per launch. A caller that keeps a weight for many launches converts it once to the
-    /// first layout.
+    /// converted per launch; either on the dequantize + cuBLAS route, whose dequantize kernel reads both
+    /// alike. A caller that keeps a weight for many launches converts it once to the first layout.
     pub fn scale_layouts(&self) -> &'static [ScaleLayout] {
         match self.route {
             GemmRoute::Dequantize(_) => &[ScaleLayout::Linear],
             GemmRoute::Fp4TensorCore { .. } => &[ScaleLayout::Swizzled128x4, ScaleLayout::Linear],
+            GemmRoute::DequantizeCublas { .. } => &[ScaleLayout::Linear, ScaleLayout::Swizzled128x4],
         }
     }
 
@@ -525,12 +830,17 @@ impl GemmPlan {
                 "GEMM plan",
                 "this plan runs the FP4 tensor-core kernel, which only takes W4A4",
             )),
+            #[cfg(feature = "cublas")]
+            Exec::Cublas(_) => Err(Error::invalid(
+                "GEMM plan",
+                "this plan runs dequantize + cuBLAS, not the mma.sync kernels",
+            )),
         }
     }
 
     /// Enqueues `out[M, N] = a[M, K] · w[N, K]ᵀ (· w's global scale) + bias` on `stream`.
     ///
-    /// Launches of one plan must be ordered on one stream (they share the split-K workspace).
+    /// Launches of one plan must be ordered on one stream (they share the plan's workspace).
     ///
     /// ```no_run
     /// use half::bf16;
@@ -559,6 +869,10 @@ impl GemmPlan {
         self.check_w4a16_act::<A>()?;
         self.check_out(bias)?;
         self.check_weight("W", w, self.spec.n)?;
+        #[cfg(feature = "cublas")]
+        if let Exec::Cublas(x) = &mut self.exec {
+            return x.w4a16(dev, stream, a, &w.view(), bias, out);
+        }
         let wop = Fp4Operand {
             codes: w.codes.as_view(),
             scales: w.scales.as_view(),
@@ -612,6 +926,10 @@ impl GemmPlan {
         self.check_out(bias)?;
         self.check_weight("A", a, self.spec.m)?;
         self.check_weight("W", w, self.spec.n)?;
+        #[cfg(feature = "cublas")]
+        if let Exec::Cublas(x) = &mut self.exec {
+            return x.w4a4(dev, stream, &a.view(), &w.view(), bias, out);
+        }
         let (m, n, k) = (self.spec.m, self.spec.n, self.spec.k);
         if let Exec::Fp4 {
             backend,
@@ -817,11 +1135,15 @@ impl GemmPlan {
                 format!("the plan's {want:?} (K unpadded, a multiple of 16)"),
             ));
         }
-        if v.scale_layout != ScaleLayout::Linear {
+        if !self.scale_layouts().contains(&v.scale_layout) {
             return Err(Error::invalid(
                 "W",
                 "the GEMM kernels read linear block scales; quantize the slot's weight with a linear layout",
             ));
+        }
+        #[cfg(feature = "cublas")]
+        if let Exec::Cublas(x) = &mut self.exec {
+            return x.w4a16(dev, stream, a, v, bias, out);
         }
         let wop = Fp4Operand {
             codes: v.codes.slice(..),

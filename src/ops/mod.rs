@@ -6,12 +6,15 @@
 //! documentation says so (reading a result back).
 
 mod gemm;
+#[cfg(feature = "cublas")]
+mod gemm_blas;
 mod gemm_fp4;
 mod quantize;
 
 pub use crate::cuda::gemm_fp4::Fp4Tile;
 pub use gemm::{
-    GemmChoice, GemmKernel, GemmOp, GemmPlan, GemmRoute, GemmSpec, SlotWeight, choose_kernel, plan,
+    CublasAvailability, GemmChoice, GemmKernel, GemmOp, GemmPlan, GemmRoute, GemmSpec, SlotWeight,
+    choose_kernel, plan,
 };
 pub use gemm_fp4::{Fp4Backend, Fp4GemmPlan, Fp4GemmSpec, LinearNvfp4Options, gemm_fp4, linear_nvfp4};
 pub use quantize::{

@@ -1,6 +1,7 @@
 //! The NVFP4 GEMM kernels against the f64 reference GEMMs (`reference::gemm_w4a16`, `gemm_w4a4`):
 //! bit-identical on exact-sum inputs, within the f32 accumulation bound on random inputs. One table of
-//! cases covers both kernels, split-K on and off, every activation/output type, bias, and ragged M, N, K.
+//! cases covers both kernels, split-K on and off, every activation/output type, bias, and ragged M, N, K;
+//! a second holds the dequantize + cuBLAS route (`GemmSpec::cublas`) to the same contracts.
 
 use std::sync::Arc;
 
@@ -10,7 +11,9 @@ use nvfp4::Error;
 use nvfp4::Nvfp4Tensor;
 use nvfp4::cuda::{Device, download, upload};
 use nvfp4::format::{Dtype, ScaleLayout};
-use nvfp4::ops::{DeviceNvfp4, GemmKernel, GemmOp, GemmPlan, GemmSpec, GpuElement};
+use nvfp4::ops::{
+    CublasAvailability, DeviceNvfp4, GemmKernel, GemmOp, GemmPlan, GemmRoute, GemmSpec, GpuElement,
+};
 use nvfp4::quant::{self, QuantizeOptions};
 use nvfp4::reference::{self, synthetic::Rng};
 
@@ -56,6 +59,10 @@ struct Case {
     out: Dtype,
     bias: bool,
     exact: bool,
+    /// `GemmSpec::cublas`.
+    cublas: Option<bool>,
+    /// Operands with 128x4 swizzled scales (the cuBLAS route reads them in place).
+    swizzled: bool,
 }
 
 /// Codes of any value, scales from {0.5, 1, 1.5, 2}, global scale 1/2: every weight is a multiple of
@@ -132,7 +139,11 @@ fn check_case<A: GpuElement, O: GpuElement>(
         };
         convert::<O>(&v)
     });
-    let dw = DeviceNvfp4::upload(stream, &w).unwrap();
+    let mut dw = DeviceNvfp4::upload(stream, &w).unwrap();
+    if c.swizzled {
+        dw.set_scale_layout(dev, stream, ScaleLayout::Swizzled128x4)
+            .unwrap();
+    }
     let bias = bias_host.as_ref().map(|b| upload(stream, "bias", b).unwrap());
     let mut out = upload(stream, "out", &vec![O::from_f32(f32::NAN); c.m * c.n]).unwrap();
     let spec = GemmSpec {
@@ -145,8 +156,16 @@ fn check_case<A: GpuElement, O: GpuElement>(
         kernel: c.kernel,
         splits: c.splits,
         fp4_backend: None,
+        cublas: c.cublas,
     };
     let mut plan = GemmPlan::new(dev, stream, &spec).map_err(|e| e.to_string())?;
+    if c.cublas == Some(true) && !matches!(plan.route(), GemmRoute::DequantizeCublas { .. }) {
+        return Err(format!(
+            "forced cuBLAS, planned {:?}: {}",
+            plan.route(),
+            plan.explain()
+        ));
+    }
     let reference = if c.act.is_some() {
         let v = if c.exact {
             exact_values(&mut rng, c.m * c.k)
@@ -160,7 +179,11 @@ fn check_case<A: GpuElement, O: GpuElement>(
         reference::gemm_w4a16(&a, c.m, &w).unwrap()
     } else {
         let a = operand(&mut rng, "a", c.m, c.k, c.exact);
-        let da = DeviceNvfp4::upload(stream, &a).unwrap();
+        let mut da = DeviceNvfp4::upload(stream, &a).unwrap();
+        if c.swizzled {
+            da.set_scale_layout(dev, stream, ScaleLayout::Swizzled128x4)
+                .unwrap();
+        }
         plan.w4a4(dev, stream, &da, &dw, bias.as_ref(), &mut out)
             .map_err(|e| e.to_string())?;
         reference::gemm_w4a4(&a, &w).unwrap()
@@ -266,6 +289,8 @@ fn table(exact: bool) -> Vec<Case> {
                     out,
                     bias: i % 2 == 1,
                     exact,
+                    cublas: None,
+                    swizzled: false,
                 });
                 i += 1;
             }
@@ -283,6 +308,8 @@ fn table(exact: bool) -> Vec<Case> {
             out,
             bias: j % 2 == 0,
             exact,
+            cublas: None,
+            swizzled: false,
         });
     }
     cases
@@ -315,7 +342,12 @@ fn gemm_gpu_plan_chooses_and_explains() {
         p.explain()
     );
     assert!(p.explain().contains("nvfp4_gemv_w4a16_bf16"), "{}", p.explain());
-    let p = GemmPlan::new(&dev, s, &GemmSpec::w4a16(4096, 8192, 8192)).unwrap();
+    // Large M without the cuBLAS route: the 64-row kernel, no split (the route itself is tested below).
+    let no_blas = GemmSpec {
+        cublas: Some(false),
+        ..GemmSpec::w4a16(4096, 8192, 8192)
+    };
+    let p = GemmPlan::new(&dev, s, &no_blas).unwrap();
     assert_eq!((p.kernel(), p.splits()), (GemmKernel::M64, 1), "{}", p.explain());
     let forced = GemmSpec {
         kernel: Some(GemmKernel::M64),
@@ -369,4 +401,240 @@ fn gemm_gpu_rejects_bad_shapes_and_types_with_typed_errors() {
             .iter()
             .all(|x| x.to_f32() == 32.0)
     );
+}
+
+/// Whether this process can load cuBLAS, else a visible skip (a failure under `NVFP4_REQUIRE_GPU=1`:
+/// the lent device has cuBLAS, `.gpu/run.sh` puts it on the loader path).
+fn cublas_or_skip(test: &str) -> bool {
+    match CublasAvailability::probe() {
+        CublasAvailability::Available => true,
+        CublasAvailability::Unavailable(why) => {
+            if std::env::var("NVFP4_REQUIRE_GPU").is_ok_and(|v| v == "1") {
+                panic!("{test}: NVFP4_REQUIRE_GPU=1 but no cuBLAS: {why}");
+            }
+            eprintln!("SKIPPED {test}: no cuBLAS ({why})");
+            false
+        }
+    }
+}
+
+/// (M, N, K) for the dequantize + cuBLAS route: M across cuBLAS's tile sizes (1, 3, 16, 17, 128, 4099),
+/// N ragged, K = 16, 128, 208, 2048, 4160 as in [`SHAPES`].
+const CUBLAS_SHAPES: [(usize, usize, usize); 8] = [
+    (1, 1, 16),
+    (1, 130, 4160),
+    (3, 67, 208),
+    (16, 64, 128),
+    (17, 130, 4160),
+    (128, 67, 208),
+    (4099, 67, 208),
+    (65, 200, 2048),
+];
+
+/// The route forced on every shape with every (activation, output) pair, bias off and on; then N large
+/// enough that a bias or a narrowing cuBLAS cannot do runs the GEMM in three slices of M (256, 256, 8
+/// rows, the staging buffer holding 2^24 f32); then swizzled block scales.
+fn cublas_table(exact: bool) -> Vec<Case> {
+    let case = |(m, n, k): (usize, usize, usize), (act, out): (Option<Dtype>, Dtype), bias| Case {
+        m,
+        n,
+        k,
+        kernel: None,
+        splits: None,
+        act,
+        out,
+        bias,
+        exact,
+        cublas: Some(true),
+        swizzled: false,
+    };
+    let mut cases = Vec::new();
+    for &shape in &CUBLAS_SHAPES {
+        for &types in &TYPES {
+            for bias in [false, true] {
+                cases.push(case(shape, types, bias));
+            }
+        }
+    }
+    let sliced = (520, 65_600, 16);
+    for (types, bias) in [
+        ((Some(Dtype::Bf16), Dtype::F16), false),
+        ((Some(Dtype::Bf16), Dtype::Bf16), true),
+        ((Some(Dtype::F16), Dtype::F16), true),
+        ((None, Dtype::Bf16), true),
+    ] {
+        cases.push(case(sliced, types, bias));
+    }
+    for (types, bias) in [
+        ((Some(Dtype::Bf16), Dtype::Bf16), true),
+        ((Some(Dtype::F16), Dtype::F32), false),
+        ((None, Dtype::F16), true),
+        ((None, Dtype::F32), false),
+    ] {
+        cases.push(Case {
+            swizzled: true,
+            ..case((17, 130, 4160), types, bias)
+        });
+    }
+    cases
+}
+
+#[test]
+fn gemm_gpu_cublas_route_matches_reference_bit_for_bit_on_exact_sums() {
+    let test = "gemm_gpu_cublas_route_matches_reference_bit_for_bit_on_exact_sums";
+    if device(test).is_some() && cublas_or_skip(test) {
+        run_table(test, &cublas_table(true));
+    }
+}
+
+#[test]
+fn gemm_gpu_cublas_route_within_f32_bound_on_random_inputs() {
+    let test = "gemm_gpu_cublas_route_within_f32_bound_on_random_inputs";
+    if device(test).is_some() && cublas_or_skip(test) {
+        run_table(test, &cublas_table(false));
+    }
+}
+
+#[test]
+fn gemm_gpu_cublas_route_plans_explain_and_check_inputs() {
+    let test = "gemm_gpu_cublas_route_plans_explain_and_check_inputs";
+    let Some(dev) = device(test) else { return };
+    if !cublas_or_skip(test) {
+        return;
+    }
+    let s = dev.new_stream().unwrap();
+    // Chosen by the cost model for prefill-sized M; the workspace holds W at 16 bits.
+    let p = GemmPlan::new(&dev, &s, &GemmSpec::w4a16(4096, 8192, 8192)).unwrap();
+    assert_eq!(
+        p.route(),
+        GemmRoute::DequantizeCublas { dtype: Dtype::Bf16 },
+        "{}",
+        p.explain()
+    );
+    assert!(p.workspace_bytes() >= 8192 * 8192 * 2, "{}", p.workspace_bytes());
+    for want in ["cublasGemmEx", "estimated", "workspace"] {
+        assert!(p.explain().contains(want), "{want}: {}", p.explain());
+    }
+    assert_eq!(
+        p.scale_layouts(),
+        &[ScaleLayout::Linear, ScaleLayout::Swizzled128x4]
+    );
+    // W4A4 with an f16 output multiplies in f16, and holds A as well.
+    let spec = GemmSpec {
+        out: Dtype::F16,
+        cublas: Some(true),
+        ..GemmSpec::w4a4(100, 64, 256)
+    };
+    let p = GemmPlan::new(&dev, &s, &spec).unwrap();
+    assert_eq!(p.route(), GemmRoute::DequantizeCublas { dtype: Dtype::F16 });
+    assert!(p.workspace_bytes() >= (100 + 64) * 256 * 2);
+    // A bias with a 16-bit output goes through the f32 staging buffer, in slices of M for large N.
+    let spec = GemmSpec {
+        bias: true,
+        cublas: Some(true),
+        ..GemmSpec::w4a16(300, 70_000, 16)
+    };
+    let p = GemmPlan::new(&dev, &s, &spec).unwrap();
+    assert!(p.explain().contains("slices of 256 rows"), "{}", p.explain());
+    assert!(p.workspace_bytes() >= 256 * 70_000 * 4);
+
+    // Typed refusals at launch, as on the other routes.
+    let (m, n, k) = (130, 72, 256);
+    let spec = GemmSpec {
+        cublas: Some(true),
+        ..GemmSpec::w4a16(m, n, k)
+    };
+    let mut plan = GemmPlan::new(&dev, &s, &spec).unwrap();
+    let mut rng = Rng::new(Rng::fresh_seed());
+    let w = exact_fp4(&mut rng, "w", n, k);
+    let dw = DeviceNvfp4::upload(&s, &w).unwrap();
+    let a: Vec<bf16> = convert(&exact_values(&mut rng, m * k));
+    let da = upload(&s, "a", &a).unwrap();
+    let wrong_act = upload(&s, "a", &vec![f16::ONE; m * k]).unwrap();
+    let mut out = upload(&s, "out", &vec![bf16::NAN; m * n]).unwrap();
+    let e = plan.w4a16(&dev, &s, &wrong_act, &dw, None, &mut out).unwrap_err();
+    assert!(
+        matches!(&e, Error::InvalidValue { name, .. } if name == "A"),
+        "{e}"
+    );
+    let short = upload(&s, "a", &vec![bf16::ONE; m * k - 1]).unwrap();
+    let e = plan.w4a16(&dev, &s, &short, &dw, None, &mut out).unwrap_err();
+    assert!(matches!(&e, Error::Length { name, .. } if name == "A"), "{e}");
+    let mut small_out = upload(&s, "out", &vec![bf16::NAN; m * n - 1]).unwrap();
+    let e = plan.w4a16(&dev, &s, &da, &dw, None, &mut small_out).unwrap_err();
+    assert!(matches!(&e, Error::Length { name, .. } if name == "out"), "{e}");
+    let bias = upload(&s, "bias", &vec![bf16::ONE; n]).unwrap();
+    let e = plan.w4a16(&dev, &s, &da, &dw, Some(&bias), &mut out).unwrap_err();
+    assert!(
+        matches!(&e, Error::InvalidValue { name, .. } if name == "bias"),
+        "{e}"
+    );
+    let other_w = exact_fp4(&mut rng, "w", n + 1, k);
+    let other_w = DeviceNvfp4::upload(&s, &other_w).unwrap();
+    let e = plan.w4a16(&dev, &s, &da, &other_w, None, &mut out).unwrap_err();
+    assert!(matches!(&e, Error::Shape { name, .. } if name == "W"), "{e}");
+
+    // Relaunching, and launching on another stream than the plan's (the handle follows the stream and
+    // takes its workspace along), give the same bits as the first launch, and the reference's.
+    let bits = |o: &cudarc::driver::CudaSlice<bf16>| {
+        download(&s, "out", o)
+            .unwrap()
+            .iter()
+            .map(|x| x.to_bits())
+            .collect::<Vec<_>>()
+    };
+    plan.w4a16(&dev, &s, &da, &dw, None, &mut out).unwrap();
+    let first = bits(&out);
+    let want = reference::gemm_w4a16(&a, m, &w).unwrap();
+    let want: Vec<u16> = want
+        .values
+        .iter()
+        .map(|&v| bf16::from_f32(v as f32).to_bits())
+        .collect();
+    assert_eq!(first, want, "exact sums: {}", plan.explain());
+    let s2 = dev.new_stream().unwrap();
+    for stream in [&s2, &s] {
+        let mut again = upload(&s, "out", &vec![bf16::NAN; m * n]).unwrap();
+        plan.w4a16(&dev, stream, &da, &dw, None, &mut again).unwrap();
+        assert_eq!(bits(&again), first, "a later launch on another stream differs");
+    }
+}
+
+#[test]
+fn gemm_gpu_plan_without_cublas_or_forbidden_keeps_the_mma_sync_route() {
+    let Some(dev) = device("gemm_gpu_plan_without_cublas_or_forbidden_keeps_the_mma_sync_route") else {
+        return;
+    };
+    let s = dev.stream();
+    let spec = GemmSpec {
+        cublas: Some(false),
+        ..GemmSpec::w4a16(4096, 8192, 8192)
+    };
+    let p = GemmPlan::new(&dev, s, &spec).unwrap();
+    assert_eq!(
+        p.route(),
+        GemmRoute::Dequantize(GemmKernel::M64),
+        "{}",
+        p.explain()
+    );
+    assert!(p.explain().contains("forbidden by the caller"), "{}", p.explain());
+    if let CublasAvailability::Unavailable(why) = CublasAvailability::probe() {
+        // Where cuBLAS does not load, large M falls back with the reason, and forcing it is an error.
+        let p = GemmPlan::new(&dev, s, &GemmSpec::w4a16(4096, 8192, 8192)).unwrap();
+        assert_eq!(
+            p.route(),
+            GemmRoute::Dequantize(GemmKernel::M64),
+            "{}",
+            p.explain()
+        );
+        assert!(p.explain().contains(&why), "{}", p.explain());
+        let forced = GemmSpec {
+            cublas: Some(true),
+            ..GemmSpec::w4a16(4096, 8192, 8192)
+        };
+        assert!(matches!(
+            GemmPlan::new(&dev, s, &forced),
+            Err(Error::Cublas { .. })
+        ));
+    }
 }

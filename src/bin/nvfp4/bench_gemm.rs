@@ -16,7 +16,7 @@ use cudarc::driver::CudaSlice;
 use half::bf16;
 use nvfp4::cuda::{CublasBf16, Device, GpuTimer, alloc_zeros, checksum, upload};
 use nvfp4::format::Dtype;
-use nvfp4::ops::{DeviceNvfp4, GemmOp, GemmPlan, GemmSpec};
+use nvfp4::ops::{DeviceNvfp4, GemmOp, GemmPlan, GemmRoute, GemmSpec};
 use nvfp4::quant::{QuantizeOptions, quantize};
 
 /// Sweep of M and shapes.
@@ -106,6 +106,8 @@ struct Row {
     cublas_us: f64,
     bytes: f64,
     copy_bw: f64,
+    /// The plan's route and kernel in a few words (the table's last column).
+    route: String,
     explain: String,
 }
 
@@ -238,17 +240,7 @@ pub fn gemm(a: &GemmArgs) -> anyhow::Result<()> {
                 Ok(blas.gemm(m, n, k, &act, &w_bf16, &mut out)?)
             })?;
             let bytes = w_bytes + (m * k * 2 + m * n * 2) as f64;
-            rows.push(report(
-                "W4A16",
-                n,
-                k,
-                m,
-                ours,
-                cublas,
-                bytes,
-                copy_bw,
-                plan.explain(),
-            ));
+            rows.push(report("W4A16", n, k, m, ours, cublas, bytes, copy_bw, &plan));
             for &split in &forced_splits {
                 let spec = GemmSpec {
                     splits: Some(split),
@@ -258,17 +250,7 @@ pub fn gemm(a: &GemmArgs) -> anyhow::Result<()> {
                 let t = median_us(&dev, &mut flush, a.reps, || {
                     Ok(forced.w4a16(&dev, &s, &act, &w, None, &mut out)?)
                 })?;
-                rows.push(report(
-                    "W4A16",
-                    n,
-                    k,
-                    m,
-                    t,
-                    cublas,
-                    bytes,
-                    copy_bw,
-                    forced.explain(),
-                ));
+                rows.push(report("W4A16", n, k, m, t, cublas, bytes, copy_bw, &forced));
             }
             if a4_shapes.contains(&(n, k)) {
                 let aq = quantize("A", &a_host, m, k, &QuantizeOptions::default())?;
@@ -283,17 +265,7 @@ pub fn gemm(a: &GemmArgs) -> anyhow::Result<()> {
                     Ok(plan.w4a4(&dev, &s, &aq, &w, None, &mut out)?)
                 })?;
                 let bytes = w_bytes + (m * k * 9 / 16 + m * n * 2) as f64;
-                rows.push(report(
-                    "W4A4",
-                    n,
-                    k,
-                    m,
-                    ours,
-                    cublas,
-                    bytes,
-                    copy_bw,
-                    plan.explain(),
-                ));
+                rows.push(report("W4A4", n, k, m, ours, cublas, bytes, copy_bw, &plan));
             }
         }
     }
@@ -306,7 +278,7 @@ pub fn gemm(a: &GemmArgs) -> anyhow::Result<()> {
                     "ours_us": r.ours_us, "cublas_bf16_us": r.cublas_us,
                     "ratio_vs_cublas": r.cublas_us / r.ours_us,
                     "bytes": r.bytes, "fraction_of_copy_bw": r.bytes / (r.ours_us * 1e-6) / r.copy_bw,
-                    "copy_bw_bytes_per_s": r.copy_bw, "plan": r.explain,
+                    "copy_bw_bytes_per_s": r.copy_bw, "route": r.route, "plan": r.explain,
                 })
             })
             .collect();
@@ -343,23 +315,23 @@ fn report(
     cublas: f64,
     bytes: f64,
     copy_bw: f64,
-    explain: &str,
+    plan: &GemmPlan,
 ) -> Row {
     let bw = bytes / (ours * 1e-6);
-    let plan = explain.split(" (").next().unwrap_or("");
+    let explain = plan.explain();
     let kernel = explain
         .split("kernel ")
         .nth(1)
         .and_then(|s| s.split(' ').next())
         .unwrap_or("");
-    let splits = explain
-        .split("split-K ")
-        .nth(1)
-        .and_then(|s| s.split(' ').next())
-        .unwrap_or("");
-    let _ = plan;
+    let route = match plan.route() {
+        GemmRoute::DequantizeCublas { dtype } => format!("dequantize + cuBLAS ({dtype:?})"),
+        GemmRoute::Dequantize(_) | GemmRoute::Fp4TensorCore { .. } => {
+            format!("{kernel} split {}", plan.splits())
+        }
+    };
     println!(
-        "{op:<6} {:>12} {m:>5} {ours:>10.1} {cublas:>10.1} {:>6.2}x {:>8.0} {:>6.2} {:>8.1}  {kernel} split {splits}",
+        "{op:<6} {:>12} {m:>5} {ours:>10.1} {cublas:>10.1} {:>6.2}x {:>8.0} {:>6.2} {:>8.1}  {route}",
         format!("{n}x{k}"),
         cublas / ours,
         bw / 1e9,
@@ -375,6 +347,7 @@ fn report(
         cublas_us: cublas,
         bytes,
         copy_bw,
+        route,
         explain: explain.to_string(),
     }
 }
