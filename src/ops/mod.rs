@@ -15,5 +15,6 @@ pub use gemm::{
 };
 pub use gemm_fp4::{Fp4Backend, Fp4GemmPlan, Fp4GemmSpec, LinearNvfp4Options, gemm_fp4, linear_nvfp4};
 pub use quantize::{
-    DeviceNvfp4, GpuElement, Nvfp4View, dequantize, dequantize_view, quantize, quantize_into,
+    DeviceErrorStats, DeviceNvfp4, GpuElement, Nvfp4View, dequantize, dequantize_view, error_stats,
+    error_stats_into, quantize, quantize_into,
 };
