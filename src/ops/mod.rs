@@ -5,11 +5,13 @@
 //! Ops take the caller's `Arc<CudaStream>` and enqueue work on it; they synchronize only where the
 //! documentation says so (reading a result back).
 
+mod checkpoint;
 mod gemm;
 mod gemm_fp4;
 mod quantize;
 
 pub use crate::cuda::gemm_fp4::Fp4Tile;
+pub use checkpoint::{DEFAULT_CHUNK_BYTES, GpuQuantizer, QuantizeStages, Stage};
 pub use gemm::{
     GemmChoice, GemmKernel, GemmOp, GemmPlan, GemmRoute, GemmSpec, SlotWeight, choose_kernel, plan,
 };
