@@ -72,14 +72,14 @@ const _: () = assert!(FIRST_AT.start % 8 == 0 && SUMS_AT.start % 8 == 0 && SUMS_
 
 /// Time and bytes of one stage of [`GpuQuantizer`], summed over the tensors it quantized.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct Stage {
+pub struct StageTime {
     /// Bytes the stage moved or processed.
     pub bytes: u64,
     /// Seconds it was busy: host wall time for host stages, CUDA-event time for device stages.
     pub seconds: f64,
 }
 
-impl Stage {
+impl StageTime {
     /// Throughput while busy, in GB/s (10^9 bytes); 0 when the stage never ran.
     pub fn gb_per_s(&self) -> f64 {
         if self.seconds > 0.0 {
@@ -108,15 +108,15 @@ pub struct QuantizeStages {
     /// Seconds inside [`GpuQuantizer`]'s quantize calls, all stages and waits included.
     pub seconds: f64,
     /// Mapped file to pinned staging (host, parallel copies; input bytes).
-    pub read: Stage,
+    pub read: StageTime,
     /// Pinned staging to the device (input bytes).
-    pub h2d: Stage,
+    pub h2d: StageTime,
     /// amax, global scale, quantize and error sums on the device (input bytes).
-    pub kernels: Stage,
+    pub kernels: StageTime,
     /// Codes, scales and results to pinned memory (output bytes).
-    pub d2h: Stage,
+    pub d2h: StageTime,
     /// Pinned memory to the result's `Vec`s (host, parallel copies; output bytes).
-    pub unpack: Stage,
+    pub unpack: StageTime,
     /// Seconds the host waited for a staging buffer's copy to finish (the link slower than the read).
     pub staging_wait: f64,
     /// Seconds the host waited for the device after the last chunk (the final copy, the kernels, D2H).

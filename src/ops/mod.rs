@@ -3,7 +3,9 @@
 //! for the FP4 GEMM, modelled bit for bit), the same bytes.
 //!
 //! Ops take the caller's `Arc<CudaStream>` and enqueue work on it; they synchronize only where the
-//! documentation says so (reading a result back).
+//! documentation says so (reading a result back). [`GpuQuantizer`] is the one pipeline here: the
+//! GPU twin of `checkpoint::cpu_quantizer` for whole checkpoints, on a stream of its own, waiting for
+//! the device once per tensor.
 
 mod checkpoint;
 mod gemm;
@@ -11,7 +13,7 @@ mod gemm_fp4;
 mod quantize;
 
 pub use crate::cuda::gemm_fp4::Fp4Tile;
-pub use checkpoint::{DEFAULT_CHUNK_BYTES, GpuQuantizer, QuantizeStages, Stage};
+pub use checkpoint::{DEFAULT_CHUNK_BYTES, GpuQuantizer, QuantizeStages, StageTime};
 pub use gemm::{
     GemmChoice, GemmKernel, GemmOp, GemmPlan, GemmRoute, GemmSpec, SlotWeight, choose_kernel, plan,
 };
