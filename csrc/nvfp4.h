@@ -137,6 +137,46 @@ typedef struct nvfp4_scale_layout_params {
 } nvfp4_scale_layout_params;
 
 /*
+ * nvfp4_quant_error: the error sums of an NVFP4 tensor against the data x [rows, cols] it was quantized
+ * from (quant::error_stats is the CPU twin and the f32 arithmetic is the same): for x^ = e2m1(code) *
+ * (e4m3(scale) * global_scale), with every product, difference and sum a separately rounded f32
+ * operation, sum x^2, sum (x^ - x)^2 and max |x^ - x| (NaN errors skipped). Per row, the squares are
+ * summed in f32 per position in the block (16 lanes) over groups of 16 whole blocks starting at block
+ * 0; each group's lane sums are added in f64. The tail block of a row whose cols is not a multiple of
+ * 16 is summed in f32 element by element (elements past cols do not exist), then added in f64.
+ *   A unit is one group of one row (or its tail block): units = rows * (ceil((cols / 16) / 16) +
+ *   (cols % 16 != 0)), 4 threads each, every thread owning 4 lanes (one 8- or 16-byte load) of every
+ *   block of the group; thread 0 of a unit sums a tail block alone.
+ *   Launch: blockDim.x = 256 (any multiple of 32 up to 256: the kernel is compiled for 4 blocks of 256
+ *   per SM); grid.x any >= 1, suggested min(ceil(4 * units / 256), 8 * SM count). Every block writes its
+ *   three partials (f64 sum x^2, sum (x^ - x)^2, max) to partials[3 * blockIdx.x ..], zeros when it had
+ *   no work, so partials holds 3 * grid.x doubles. Blocks reduce in a fixed order (no atomics): the
+ *   same launch gives the same bits.
+ *   Vector loads of x where a thread's 4 elements are aligned to their size, scalar loads otherwise.
+ * nvfp4_quant_error_reduce: out[0..3) = the sums over blocks of partials[3 * i + 0], [3 * i + 1] and
+ *   the max of [3 * i + 2], i < blocks, in a fixed order. Launch: grid 1, blockDim.x a multiple of 32
+ *   up to 1024 (other blocks do nothing). Runs after nvfp4_quant_error on the same stream.
+ */
+typedef struct nvfp4_quant_error_params {
+    const void *x;              /* [rows, cols] of dtype, row-major */
+    const uint8_t *codes;       /* [rows, cols_padded/2] */
+    const uint8_t *scales;      /* linear [rows, cols_padded/16] or swizzled as for quantize */
+    const float *global_scale;  /* one f32 on the device */
+    double *partials;           /* [grid.x][3] */
+    uint64_t rows;
+    uint64_t cols;        /* logical K */
+    uint64_t cols_padded; /* K rounded up to 16 */
+    uint32_t dtype;        /* enum nvfp4_dtype */
+    uint32_t scale_layout; /* enum nvfp4_scale_layout */
+} nvfp4_quant_error_params;
+
+typedef struct nvfp4_quant_error_reduce_params {
+    const double *partials; /* [blocks][3] */
+    double *out;            /* [3]: sum x^2, sum (x^ - x)^2, max |x^ - x| */
+    uint64_t blocks;
+} nvfp4_quant_error_reduce_params;
+
+/*
  * nvfp4_gemm_* / nvfp4_gemv_*: out[M, N] = alpha * (A[M, K] . W[N, K]^T) + bias[N] (ops::gemm; the CPU
  * twins are reference::gemm_w4a16 and reference::gemm_w4a4). W is NVFP4 in the ModelOpt layout: codes
  * [N, K/2] (element 2i in the low nibble), linear E4M3 scales [N, K/16], f32 global scale on the device.
@@ -284,6 +324,8 @@ extern "C" __global__ void nvfp4_global_scale(nvfp4_global_scale_params p);
 extern "C" __global__ void nvfp4_quantize(nvfp4_quantize_params p);
 extern "C" __global__ void nvfp4_dequantize(nvfp4_dequantize_params p);
 extern "C" __global__ void nvfp4_scale_layout(nvfp4_scale_layout_params p);
+extern "C" __global__ void nvfp4_quant_error(nvfp4_quant_error_params p);
+extern "C" __global__ void nvfp4_quant_error_reduce(nvfp4_quant_error_reduce_params p);
 extern "C" __global__ void nvfp4_gemv_w4a16_bf16(nvfp4_gemm_params p);
 extern "C" __global__ void nvfp4_gemv_w4a16_f16(nvfp4_gemm_params p);
 extern "C" __global__ void nvfp4_gemv_w4a4(nvfp4_gemm_params p);

@@ -470,3 +470,91 @@ fn dense_views_match_every_dtype() {
         }
     }
 }
+
+/// The CPU quantizer through [`checkpoint::CheckpointQuantizer`], returning made-up error sums (or
+/// none) and counting its calls.
+struct Scripted {
+    stats: Option<quant::ErrorStats>,
+    calls: usize,
+    measured: usize,
+}
+
+impl checkpoint::CheckpointQuantizer for Scripted {
+    fn quantize(
+        &mut self,
+        name: &str,
+        data: &Dense<'_>,
+        rows: usize,
+        cols: usize,
+        opts: &QuantizeOptions,
+        measure: bool,
+    ) -> nvfp4::Result<(nvfp4::Nvfp4Tensor, Option<quant::ErrorStats>)> {
+        self.calls += 1;
+        self.measured += usize::from(measure);
+        Ok((cpu_quantizer(name, data, rows, cols, opts)?, self.stats))
+    }
+}
+
+#[test]
+fn a_checkpoint_quantizer_may_supply_its_own_error_sums() {
+    let mut rng = Rng::new(common::seed());
+    let dir = tempfile::tempdir().unwrap();
+    let tensors = common::generate(&mut rng, &common::model_tensors());
+    let input = dir.path().join("model.safetensors");
+    common::write(&input, &tensors);
+    let ck = Checkpoint::open(&input).unwrap();
+    let reference = dir.path().join("cpu.safetensors");
+    let cpu = quantize_to(&input, &reference);
+    let run = |stats, measure, out: &str| {
+        let mut q = Scripted {
+            stats,
+            calls: 0,
+            measured: 0,
+        };
+        let job = QuantizeJob {
+            measure,
+            ..QuantizeJob::default()
+        };
+        let out = dir.path().join(out);
+        let s = checkpoint::quantize_checkpoint_with(&ck, &out, &job, &mut q, &|_| {}).unwrap();
+        assert_eq!(
+            std::fs::read(&out).unwrap(),
+            std::fs::read(&reference).unwrap(),
+            "{out:?}"
+        );
+        (s, q.calls, q.measured)
+    };
+    // Sums it supplies are what the report shows; the CPU measure does not run.
+    let given = quant::ErrorStats {
+        signal: 4.0,
+        noise: 0.04,
+        max_abs: 0.5,
+    };
+    let (s, calls, measured) = run(Some(given), true, "given.safetensors");
+    assert_eq!((calls, measured), (3, 3));
+    for l in &s.layers {
+        assert!(
+            (l.snr_db - 20.0).abs() < 1e-12 && (l.rel_rmse - 0.1).abs() < 1e-12,
+            "{l:?}"
+        );
+        assert_eq!(l.max_abs, 0.5);
+    }
+    let names: Vec<&str> = s.layers.iter().map(|l| l.name.as_str()).collect();
+    let cpu_names: Vec<&str> = cpu.layers.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(names, cpu_names);
+    // None: the pipeline measures on the CPU, as quantize_checkpoint does.
+    // (Equal up to the order of rayon's f64 reduction.)
+    let (s, _, _) = run(None, true, "none.safetensors");
+    assert_eq!(s.layers.len(), cpu.layers.len());
+    for (a, b) in s.layers.iter().zip(&cpu.layers) {
+        assert_eq!((&a.name, a.shape, a.max_abs), (&b.name, b.shape, b.max_abs));
+        assert!(
+            ((a.rel_rmse - b.rel_rmse) / b.rel_rmse).abs() < 1e-12,
+            "{a:?} vs {b:?}"
+        );
+    }
+    // Without measuring there is no report, whatever the quantizer returns.
+    let (s, _, measured) = run(Some(given), false, "off.safetensors");
+    assert!(s.layers.is_empty());
+    assert_eq!(measured, 0);
+}

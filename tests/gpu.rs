@@ -5,6 +5,10 @@
 //! it); every test has `gpu` in its name so `compute-sanitizer ... gpu` runs exactly these. One module
 //! per kernel family under tests/gpu/.
 
+#[path = "gpu/checkpoint.rs"]
+mod checkpoint;
+#[path = "checkpoint_common/mod.rs"]
+mod checkpoint_common;
 #[path = "gpu/common.rs"]
 mod common;
 #[path = "gpu/diag.rs"]
@@ -15,6 +19,8 @@ mod gemm;
 mod gemm_fp4;
 #[path = "gpu/offload.rs"]
 mod offload;
+#[path = "gpu/quant_error.rs"]
+mod quant_error;
 #[path = "gpu/quantize.rs"]
 mod quantize;
 #[path = "gpu/slot_gemm.rs"]

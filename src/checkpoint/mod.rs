@@ -1,7 +1,8 @@
 //! Checkpoints: safetensors in and out (ModelOpt/HF, compressed-tensors, ComfyUI flavours).
 //!
 //! Depends on [`crate::quant`] and [`crate::format`] only, never on `cuda`: a GPU quantize is the
-//! caller's `ops` call, passed in as a [`Quantizer`].
+//! caller's `ops` call, passed in as a [`Quantizer`] or a [`CheckpointQuantizer`] (`ops::GpuQuantizer`
+//! is one).
 //!
 //! - [`TensorFile`], [`Checkpoint`]: memory-mapped safetensors files and sharded models
 //!   (`model.safetensors.index.json`), validated by the `safetensors` crate; bad input is a typed
@@ -46,8 +47,8 @@ pub use flavour::{
 };
 pub use inspect::{Inspection, LayerSummary, inspect};
 pub use pipeline::{
-    Progress, QuantizeJob, Quantizer, Summary, convert_checkpoint, cpu_quantizer, dequantize_checkpoint,
-    plan_quantize, quant_config_json, quantize_checkpoint,
+    CheckpointQuantizer, Progress, QuantizeJob, Quantizer, Summary, convert_checkpoint, cpu_quantizer,
+    dequantize_checkpoint, plan_quantize, quant_config_json, quantize_checkpoint, quantize_checkpoint_with,
 };
 pub use report::LayerError;
 pub use select::{Decision, PRESERVED_PATTERNS, Selection, glob_match, module_of};

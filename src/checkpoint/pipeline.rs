@@ -14,12 +14,64 @@ use super::source::{Checkpoint, INDEX_NAME};
 use super::write::{FileWriter, Sink, Staged, TensorSpec};
 use crate::error::{Error, Result};
 use crate::format::Dtype;
-use crate::quant::{self, BLOCK, Nvfp4Tensor, QuantizeOptions};
+use crate::quant::{self, BLOCK, ErrorStats, Nvfp4Tensor, QuantizeOptions};
 
 /// Quantizes one dense tensor: `(qualified name, data, rows, cols, options)`. The CPU reference
-/// is [`cpu_quantizer`]; the CLI's `--gpu` passes one built on `ops::quantize`.
+/// is [`cpu_quantizer`]; [`quantize_checkpoint`] measures each result's error on the CPU. A quantizer
+/// with state of its own, or one that measures the error itself, is a [`CheckpointQuantizer`].
 pub type Quantizer<'a> =
     dyn Fn(&str, &Dense<'_>, usize, usize, &QuantizeOptions) -> Result<Nvfp4Tensor> + Sync + 'a;
+
+/// A quantizer [`quantize_checkpoint_with`] calls once per tensor, in file order: it may keep state
+/// between tensors (device buffers, timings) and may measure each result's error itself, where its
+/// data already is (`ops::GpuQuantizer` sums the error on the GPU next to the codes).
+///
+/// ```no_run
+/// use nvfp4::checkpoint::{CheckpointQuantizer, Dense, cpu_quantizer};
+/// use nvfp4::quant::ErrorStats;
+/// use nvfp4::{Nvfp4Tensor, QuantizeOptions, Result};
+/// /// The CPU quantizer, counting tensors.
+/// struct Counting(usize);
+/// impl CheckpointQuantizer for Counting {
+///     fn quantize(&mut self, name: &str, data: &Dense<'_>, rows: usize, cols: usize,
+///                 opts: &QuantizeOptions, _measure: bool) -> Result<(Nvfp4Tensor, Option<ErrorStats>)> {
+///         self.0 += 1;
+///         Ok((cpu_quantizer(name, data, rows, cols, opts)?, None)) // None: the pipeline measures
+///     }
+/// }
+/// ```
+pub trait CheckpointQuantizer {
+    /// Quantizes `data` (`[rows, cols]`, named `name` in errors) exactly as [`cpu_quantizer`] does:
+    /// the same bytes and the same errors. With `measure`, it may return the error sums of the
+    /// result against `data` (`quant::error_stats`'s, within f64 rounding); `None` makes the pipeline
+    /// measure on the CPU. Without `measure` the sums are ignored.
+    fn quantize(
+        &mut self,
+        name: &str,
+        data: &Dense<'_>,
+        rows: usize,
+        cols: usize,
+        opts: &QuantizeOptions,
+        measure: bool,
+    ) -> Result<(Nvfp4Tensor, Option<ErrorStats>)>;
+}
+
+/// A plain [`Quantizer`] as a [`CheckpointQuantizer`] that leaves the measuring to the pipeline.
+struct Stateless<'q, 'a>(&'q Quantizer<'a>);
+
+impl CheckpointQuantizer for Stateless<'_, '_> {
+    fn quantize(
+        &mut self,
+        name: &str,
+        data: &Dense<'_>,
+        rows: usize,
+        cols: usize,
+        opts: &QuantizeOptions,
+        _measure: bool,
+    ) -> Result<(Nvfp4Tensor, Option<ErrorStats>)> {
+        Ok(((self.0)(name, data, rows, cols, opts)?, None))
+    }
+}
 
 /// Progress: called with the input bytes just processed.
 pub type Progress<'a> = dyn Fn(u64) + Sync + 'a;
@@ -214,6 +266,28 @@ pub fn quantize_checkpoint(
     quantizer: &Quantizer<'_>,
     progress: &Progress<'_>,
 ) -> Result<Summary> {
+    quantize_checkpoint_with(ck, out, job, &mut Stateless(quantizer), progress)
+}
+
+/// [`quantize_checkpoint`] with a [`CheckpointQuantizer`]: the same output bytes for a quantizer
+/// that gives [`cpu_quantizer`]'s tensors; each layer's error comes from the quantizer's own sums
+/// where it returns them, else it is measured on the CPU.
+///
+/// ```no_run
+/// use nvfp4::checkpoint::{Checkpoint, QuantizeJob, quantize_checkpoint_with};
+/// let ck = Checkpoint::open("model.safetensors".as_ref())?;
+/// let mut gpu = nvfp4::ops::GpuQuantizer::new(nvfp4::cuda::Device::new(0)?)?;
+/// let s = quantize_checkpoint_with(&ck, "q.safetensors".as_ref(), &QuantizeJob::default(), &mut gpu, &|_| {})?;
+/// println!("{} layers; stages: {}", s.quantized, gpu.stages().summary());
+/// # Ok::<(), nvfp4::Error>(())
+/// ```
+pub fn quantize_checkpoint_with(
+    ck: &Checkpoint,
+    out: &Path,
+    job: &QuantizeJob,
+    quantizer: &mut dyn CheckpointQuantizer,
+    progress: &Progress<'_>,
+) -> Result<Summary> {
     let decisions = plan_quantize(ck, &job.selection)?;
     let quantize: std::collections::HashSet<&str> = decisions
         .iter()
@@ -265,9 +339,12 @@ pub fn quantize_checkpoint(
             &meta,
             Flavour::ModelOpt,
             &mut summary,
-            &|name, data, n, k| {
-                let q = quantizer(name, data, n, k, &job.options)?;
-                let err = job.measure.then(|| LayerError::measure(name, data, &q));
+            &mut |name, data, n, k| {
+                let (q, stats) = quantizer.quantize(name, data, n, k, &job.options, job.measure)?;
+                let err = job.measure.then(|| match stats {
+                    Some(s) => LayerError::from_stats(name, q.shape(), &s),
+                    None => LayerError::measure(name, data, &q),
+                });
                 Ok((q, err))
             },
             progress,
@@ -322,7 +399,7 @@ pub fn convert_checkpoint(
             &meta,
             to,
             &mut summary,
-            &|_, _, _, _| unreachable_quantize(),
+            &mut |_, _, _, _| unreachable_quantize(),
             progress,
         )?;
     }
@@ -367,7 +444,7 @@ pub fn dequantize_checkpoint(
             &serde_json::Value::Null,
             Flavour::Dense,
             &mut summary,
-            &|_, _, _, _| unreachable_quantize(),
+            &mut |_, _, _, _| unreachable_quantize(),
             progress,
         )?;
     }
@@ -432,7 +509,7 @@ fn layer_plans(
 }
 
 type LayerQuantizer<'a> =
-    dyn Fn(&str, &Dense<'_>, usize, usize) -> Result<(Nvfp4Tensor, Option<LayerError>)> + 'a;
+    dyn FnMut(&str, &Dense<'_>, usize, usize) -> Result<(Nvfp4Tensor, Option<LayerError>)> + 'a;
 
 #[allow(clippy::too_many_arguments)]
 fn write_file(
@@ -442,7 +519,7 @@ fn write_file(
     quant_config: &serde_json::Value,
     to: Flavour,
     summary: &mut Summary,
-    quantize: &LayerQuantizer<'_>,
+    quantize: &mut LayerQuantizer<'_>,
     progress: &Progress<'_>,
 ) -> Result<()> {
     let input = &ck.files()[plan.input];

@@ -1,10 +1,7 @@
 //! The per-layer error of a quantization against its input: relative RMSE, SNR and max |error|.
 
-use rayon::prelude::*;
-
 use super::file::Dense;
-use crate::format::{Element, e2m1, e4m3};
-use crate::quant::{BLOCK, Nvfp4Tensor};
+use crate::quant::{ErrorStats, Nvfp4Tensor, error_stats};
 
 /// How far one quantized layer is from the weight it came from (dequantized to f32, compared in f64).
 #[derive(Clone, Debug, PartialEq)]
@@ -22,23 +19,31 @@ pub struct LayerError {
 }
 
 impl LayerError {
-    /// Compares `q` with the weight it was quantized from.
+    /// Compares `q` with the weight it was quantized from, on the CPU ([`error_stats`]).
     pub fn measure(name: &str, input: &Dense<'_>, q: &Nvfp4Tensor) -> Self {
-        let (sig, noise, max_abs) = match input {
-            Dense::F32(v) => sums(v, q),
-            Dense::F16(v) => sums(v, q),
-            Dense::Bf16(v) => sums(v, q),
+        let stats = match input {
+            Dense::F32(v) => error_stats(v, q),
+            Dense::F16(v) => error_stats(v, q),
+            Dense::Bf16(v) => error_stats(v, q),
         };
+        Self::from_stats(name, q.shape(), &stats)
+    }
+
+    /// The report entry of a tensor of `shape` whose error sums were measured elsewhere (on the GPU,
+    /// `ops::error_stats`).
+    ///
+    /// ```
+    /// use nvfp4::{checkpoint::LayerError, quant::ErrorStats};
+    /// let e = LayerError::from_stats("w", [4, 16], &ErrorStats { signal: 4.0, noise: 0.04, max_abs: 0.1 });
+    /// assert!((e.snr_db - 20.0).abs() < 1e-9);
+    /// ```
+    pub fn from_stats(name: &str, shape: [usize; 2], stats: &ErrorStats) -> Self {
         LayerError {
             name: name.to_string(),
-            shape: q.shape(),
-            rel_rmse: if sig > 0.0 { (noise / sig).sqrt() } else { 0.0 },
-            snr_db: if noise > 0.0 {
-                10.0 * (sig / noise).log10()
-            } else {
-                f64::INFINITY
-            },
-            max_abs,
+            shape,
+            rel_rmse: stats.rel_rmse(),
+            snr_db: stats.snr_db(),
+            max_abs: stats.max_abs,
         }
     }
 
@@ -51,152 +56,5 @@ impl LayerError {
             "snr_db": if self.snr_db.is_finite() { serde_json::json!(self.snr_db) } else { serde_json::Value::Null },
             "max_abs_error": self.max_abs,
         })
-    }
-}
-
-fn sums<T: Element>(x: &[T], q: &Nvfp4Tensor) -> (f64, f64, f64) {
-    let (rows, cols) = (q.rows(), q.cols());
-    if rows == 0 || cols == 0 || x.len() != rows * cols {
-        return (0.0, 0.0, 0.0);
-    }
-    let s2 = q.global_scale();
-    let row_bytes = q.cols_padded() / 2;
-    let whole = cols / BLOCK;
-    x.par_chunks(cols)
-        .zip(q.codes().par_chunks(row_bytes))
-        .enumerate()
-        .map(|(r, (xr, codes))| {
-            // Decode scales of the row first, so the element loop reads them as a plain slice
-            // whatever the scale layout.
-            let d: Vec<f32> = (0..q.block_cols())
-                .map(|b| e4m3::decode_f32(q.scale_at(r, b)) * s2)
-                .collect();
-            let (mut sig, mut noise, mut max) =
-                row_sums(&xr[..whole * BLOCK], &codes[..whole * BLOCK / 2], &d[..whole]);
-            if whole * BLOCK < cols {
-                // The zero-padded tail block, element by element.
-                let (xt, ct) = (&xr[whole * BLOCK..], &codes[whole * BLOCK / 2..]);
-                let (mut bs, mut bn) = (0.0f32, 0.0f32);
-                for (i, v) in xt.iter().enumerate() {
-                    let v = v.to_f32();
-                    let e = e2m1::decode_f32((ct[i / 2] >> (4 * (i % 2))) & 0xF) * d[whole] - v;
-                    bs += v * v;
-                    bn += e * e;
-                    max = max.max(e.abs() as f64);
-                }
-                sig += bs as f64;
-                noise += bn as f64;
-            }
-            (sig, noise, max)
-        })
-        .reduce(|| (0.0, 0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1, a.2.max(b.2)))
-}
-
-/// Σx², Σ(x̂-x)² and max|x̂-x| over whole blocks of one row, `d[b]` being block `b`'s decode scale.
-/// Terms are summed per position in the block (16 lanes) in f32 over a group of 16 blocks, and
-/// each group's lanes are added in f64: the f32 sums hold 16 terms each (relative error ~2^-20, plenty
-/// for a report), and the loop needs no horizontal reduction, so it vectorizes (8 lanes with AVX2,
-/// chosen at run time). The E2M1 decode is lane arithmetic instead of a table lookup for the same
-/// reason.
-#[multiversion::multiversion(targets("x86_64+avx2+fma", "x86_64+avx"))]
-fn row_sums<T: Element>(x: &[T], codes: &[u8], d: &[f32]) -> (f64, f64, f64) {
-    const GROUP: usize = 16;
-    let (mut sig, mut noise, mut max) = ([0.0f64; BLOCK], [0.0f64; BLOCK], [0.0f32; BLOCK]);
-    for ((xg, cg), dg) in x
-        .chunks(GROUP * BLOCK)
-        .zip(codes.chunks(GROUP * BLOCK / 2))
-        .zip(d.chunks(GROUP))
-    {
-        let (mut gs, mut gn) = ([0.0f32; BLOCK], [0.0f32; BLOCK]);
-        for ((xb, cb), &d) in xg.chunks_exact(BLOCK).zip(cg.chunks_exact(BLOCK / 2)).zip(dg) {
-            let mut c = [0u32; BLOCK];
-            for i in 0..BLOCK / 2 {
-                c[2 * i] = (cb[i] & 0xF) as u32;
-                c[2 * i + 1] = (cb[i] >> 4) as u32;
-            }
-            for j in 0..BLOCK {
-                let v = xb[j].to_f32();
-                let e = e2m1_lanes(c[j]) * d - v;
-                gs[j] += v * v;
-                gn[j] += e * e;
-                let a = e.abs();
-                max[j] = if a > max[j] { a } else { max[j] };
-            }
-        }
-        for j in 0..BLOCK {
-            sig[j] += gs[j] as f64;
-            noise[j] += gn[j] as f64;
-        }
-    }
-    let max = max.iter().fold(0.0f32, |m, &e| if e > m { e } else { m });
-    (sig.iter().sum(), noise.iter().sum(), max as f64)
-}
-
-/// `e2m1::decode_f32(c)` for a 4-bit code, in integer lane operations only: magnitudes 2..7 are
-/// `(1 + m/2) * 2^(e-1)` with `e = m >> 1`, 1 is 0.5 and 0 is 0.
-#[inline(always)]
-fn e2m1_lanes(c: u32) -> f32 {
-    let m = c & 7;
-    let normal = ((126 + (m >> 1)) << 23) | ((m & 1) << 22);
-    let mag = if m >= 2 {
-        normal
-    } else if m == 1 {
-        126 << 23
-    } else {
-        0
-    };
-    f32::from_bits(mag | ((c & 8) << 28))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::quant::{QuantizeOptions, dequantize, quantize};
-    use crate::reference::synthetic::Rng;
-    use half::bf16;
-
-    #[test]
-    fn lane_decode_is_the_e2m1_codec() {
-        for c in 0..16u32 {
-            assert_eq!(
-                e2m1_lanes(c).to_bits(),
-                e2m1::decode_f32(c as u8).to_bits(),
-                "code {c}"
-            );
-        }
-    }
-
-    /// The report against a plain f64 computation over the dequantized tensor, on shapes with and
-    /// without a padded tail block; seeds are fresh each run and printed on failure.
-    #[test]
-    fn sums_match_an_f64_reference() {
-        let seed = Rng::fresh_seed();
-        let mut rng = Rng::new(seed);
-        for &(rows, cols) in &[(3usize, 16usize), (7, 50), (33, 272), (5, 1)] {
-            let x: Vec<bf16> = (0..rows * cols)
-                .map(|_| bf16::from_f32(rng.normal() * 2.0))
-                .collect();
-            let opts = QuantizeOptions {
-                pad_k: true,
-                ..QuantizeOptions::default()
-            };
-            let q = quantize("w", &x, rows, cols, &opts).unwrap();
-            let got = LayerError::measure("w", &Dense::Bf16(std::borrow::Cow::Borrowed(&x)), &q);
-            let y = dequantize::<f32>(&q);
-            let (mut sig, mut noise, mut max) = (0.0f64, 0.0f64, 0.0f64);
-            for (a, b) in x.iter().zip(&y) {
-                let (a, b) = (a.to_f32() as f64, *b as f64);
-                sig += a * a;
-                noise += (b - a) * (b - a);
-                max = max.max((b - a).abs());
-            }
-            let rel = (noise / sig).sqrt();
-            assert!(
-                ((got.rel_rmse - rel) / rel).abs() < 1e-5,
-                "seed {seed} {rows}x{cols}: {} vs {rel}",
-                got.rel_rmse
-            );
-            assert_eq!(got.max_abs, max, "seed {seed} {rows}x{cols}");
-        }
     }
 }

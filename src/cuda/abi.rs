@@ -177,6 +177,65 @@ const _: () = {
 };
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
+pub struct nvfp4_quant_error_params {
+    pub x: *const ::core::ffi::c_void,
+    pub codes: *const u8,
+    pub scales: *const u8,
+    pub global_scale: *const f32,
+    pub partials: *mut f64,
+    pub rows: u64,
+    pub cols: u64,
+    pub cols_padded: u64,
+    pub dtype: u32,
+    pub scale_layout: u32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of nvfp4_quant_error_params"][::core::mem::size_of::<nvfp4_quant_error_params>() - 72usize];
+    ["Alignment of nvfp4_quant_error_params"][::core::mem::align_of::<nvfp4_quant_error_params>() - 8usize];
+    ["Offset of field: nvfp4_quant_error_params::x"]
+        [::core::mem::offset_of!(nvfp4_quant_error_params, x) - 0usize];
+    ["Offset of field: nvfp4_quant_error_params::codes"]
+        [::core::mem::offset_of!(nvfp4_quant_error_params, codes) - 8usize];
+    ["Offset of field: nvfp4_quant_error_params::scales"]
+        [::core::mem::offset_of!(nvfp4_quant_error_params, scales) - 16usize];
+    ["Offset of field: nvfp4_quant_error_params::global_scale"]
+        [::core::mem::offset_of!(nvfp4_quant_error_params, global_scale) - 24usize];
+    ["Offset of field: nvfp4_quant_error_params::partials"]
+        [::core::mem::offset_of!(nvfp4_quant_error_params, partials) - 32usize];
+    ["Offset of field: nvfp4_quant_error_params::rows"]
+        [::core::mem::offset_of!(nvfp4_quant_error_params, rows) - 40usize];
+    ["Offset of field: nvfp4_quant_error_params::cols"]
+        [::core::mem::offset_of!(nvfp4_quant_error_params, cols) - 48usize];
+    ["Offset of field: nvfp4_quant_error_params::cols_padded"]
+        [::core::mem::offset_of!(nvfp4_quant_error_params, cols_padded) - 56usize];
+    ["Offset of field: nvfp4_quant_error_params::dtype"]
+        [::core::mem::offset_of!(nvfp4_quant_error_params, dtype) - 64usize];
+    ["Offset of field: nvfp4_quant_error_params::scale_layout"]
+        [::core::mem::offset_of!(nvfp4_quant_error_params, scale_layout) - 68usize];
+};
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct nvfp4_quant_error_reduce_params {
+    pub partials: *const f64,
+    pub out: *mut f64,
+    pub blocks: u64,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of nvfp4_quant_error_reduce_params"]
+        [::core::mem::size_of::<nvfp4_quant_error_reduce_params>() - 24usize];
+    ["Alignment of nvfp4_quant_error_reduce_params"]
+        [::core::mem::align_of::<nvfp4_quant_error_reduce_params>() - 8usize];
+    ["Offset of field: nvfp4_quant_error_reduce_params::partials"]
+        [::core::mem::offset_of!(nvfp4_quant_error_reduce_params, partials) - 0usize];
+    ["Offset of field: nvfp4_quant_error_reduce_params::out"]
+        [::core::mem::offset_of!(nvfp4_quant_error_reduce_params, out) - 8usize];
+    ["Offset of field: nvfp4_quant_error_reduce_params::blocks"]
+        [::core::mem::offset_of!(nvfp4_quant_error_reduce_params, blocks) - 16usize];
+};
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
 pub struct nvfp4_gemm_params {
     pub a: *const ::core::ffi::c_void,
     pub a_scales: *const u8,

@@ -21,6 +21,10 @@ pub enum KernelId {
     Dequantize,
     /// Block-scale layout conversion.
     ScaleLayout,
+    /// Per-block error sums of a quantized tensor against its input.
+    QuantError,
+    /// The per-block error sums reduced to one result.
+    QuantErrorReduce,
     /// W4A16 tensor-core GEMM, bf16 activations, 16 rows of M per block.
     GemvW4a16Bf16,
     /// W4A16 tensor-core GEMM, f16 activations, 16 rows of M per block.
@@ -49,12 +53,14 @@ pub enum KernelId {
 
 impl KernelId {
     /// Every kernel.
-    pub const ALL: [KernelId; 17] = [
+    pub const ALL: [KernelId; 19] = [
         KernelId::Amax,
         KernelId::GlobalScale,
         KernelId::Quantize,
         KernelId::Dequantize,
         KernelId::ScaleLayout,
+        KernelId::QuantError,
+        KernelId::QuantErrorReduce,
         KernelId::GemvW4a16Bf16,
         KernelId::GemvW4a16F16,
         KernelId::GemvW4a4,
@@ -77,6 +83,8 @@ impl KernelId {
             KernelId::Quantize => "nvfp4_quantize",
             KernelId::Dequantize => "nvfp4_dequantize",
             KernelId::ScaleLayout => "nvfp4_scale_layout",
+            KernelId::QuantError => "nvfp4_quant_error",
+            KernelId::QuantErrorReduce => "nvfp4_quant_error_reduce",
             KernelId::GemvW4a16Bf16 => "nvfp4_gemv_w4a16_bf16",
             KernelId::GemvW4a16F16 => "nvfp4_gemv_w4a16_f16",
             KernelId::GemvW4a4 => "nvfp4_gemv_w4a4",
@@ -100,6 +108,7 @@ impl KernelId {
             | KernelId::Quantize
             | KernelId::Dequantize
             | KernelId::ScaleLayout => "quantize",
+            KernelId::QuantError | KernelId::QuantErrorReduce => "quant_error",
             KernelId::GemvW4a16Bf16 | KernelId::GemvW4a16F16 | KernelId::GemvW4a4 => "gemv_w4a16",
             KernelId::GemmW4a16Bf16 | KernelId::GemmW4a16F16 | KernelId::GemmW4a4 => "gemm_w4a16",
             KernelId::Checksum => "offload",

@@ -1,4 +1,7 @@
-//! Typed, validated launches of the kernels of `csrc/quantize.cu`.
+//! Typed, validated launches of the kernels of `csrc/quantize.cu` and `csrc/quant_error.cu`.
+//!
+//! Buffers are anything cudarc can give a device pointer for (whole `CudaSlice`s or views into a
+//! larger buffer, as the checkpoint quantizer's reused buffers are).
 //!
 //! Each function checks every buffer length against the shape before it builds the parameter struct,
 //! so a launch can never index outside its buffers: that check is what makes these functions safe.
@@ -7,7 +10,7 @@
 use std::sync::Arc;
 
 use cudarc::driver::{
-    CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg,
+    CudaSlice, CudaStream, CudaView, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg,
 };
 
 use super::abi;
@@ -37,6 +40,19 @@ fn layout_code(l: ScaleLayout) -> u32 {
         ScaleLayout::Linear => abi::nvfp4_scale_layout_NVFP4_SCALE_LINEAR,
         ScaleLayout::Swizzled128x4 => abi::nvfp4_scale_layout_NVFP4_SCALE_SWIZZLED_128X4,
     }
+}
+
+/// `cols_padded` must be K rounded up to a multiple of 16.
+fn check_padded(shape: &[usize; 2], cols_padded: usize) -> Result<()> {
+    let cols = shape[1];
+    if cols_padded % 16 != 0 || cols_padded < cols || cols_padded - cols >= 16 {
+        return Err(Error::shape(
+            "x",
+            shape,
+            format!("padded K {cols_padded} must be K rounded up to 16"),
+        ));
+    }
+    Ok(())
 }
 
 pub(crate) fn need(name: &str, shape: &[usize], expected: usize, actual: usize) -> Result<()> {
@@ -87,9 +103,9 @@ fn units_grid(dev: &Device, units: u64) -> u64 {
 pub fn amax<T: Element + DeviceRepr>(
     dev: &Device,
     stream: &Arc<CudaStream>,
-    x: &CudaSlice<T>,
-    amax_bits: &mut CudaSlice<u32>,
-    first_nonfinite: &mut CudaSlice<u64>,
+    x: &impl DevicePtr<T>,
+    amax_bits: &mut impl DevicePtrMut<u32>,
+    first_nonfinite: &mut impl DevicePtrMut<u64>,
 ) -> Result<()> {
     need("amax", &[1], 1, amax_bits.len())?;
     need("first_nonfinite", &[1], 1, first_nonfinite.len())?;
@@ -116,8 +132,8 @@ pub fn amax<T: Element + DeviceRepr>(
 pub fn global_scale(
     dev: &Device,
     stream: &Arc<CudaStream>,
-    amax_bits: &CudaSlice<u32>,
-    global_scale: &mut CudaSlice<f32>,
+    amax_bits: &impl DevicePtr<u32>,
+    global_scale: &mut impl DevicePtrMut<f32>,
     rule: GlobalScaleRule,
 ) -> Result<()> {
     need("amax", &[1], 1, amax_bits.len())?;
@@ -165,21 +181,15 @@ pub struct QuantizeShape {
 pub fn quantize<T: Element + DeviceRepr>(
     dev: &Device,
     stream: &Arc<CudaStream>,
-    x: &CudaSlice<T>,
+    x: &impl DevicePtr<T>,
     s: QuantizeShape,
-    global_scale: &mut CudaSlice<f32>,
-    derive: Option<(&CudaSlice<u32>, GlobalScaleRule)>,
-    codes: &mut CudaSlice<u8>,
-    scales: &mut CudaSlice<u8>,
+    global_scale: &mut impl DevicePtrMut<f32>,
+    derive: Option<(&CudaView<'_, u32>, GlobalScaleRule)>,
+    codes: &mut impl DevicePtrMut<u8>,
+    scales: &mut impl DevicePtrMut<u8>,
 ) -> Result<()> {
     let shape = [s.rows, s.cols];
-    if s.cols_padded % 16 != 0 || s.cols_padded < s.cols || s.cols_padded - s.cols >= 16 {
-        return Err(Error::shape(
-            "x",
-            &shape,
-            format!("padded K {} must be K rounded up to 16", s.cols_padded),
-        ));
-    }
+    check_padded(&shape, s.cols_padded)?;
     need("x", &shape, s.rows * s.cols, x.len())?;
     need("codes", &shape, s.rows * s.cols_padded / 2, codes.len())?;
     need(
@@ -302,4 +312,99 @@ pub fn convert_scales(
         units_grid(dev, (rows * block_cols) as u64),
         &p,
     )
+}
+
+/// Shape of one error-statistics launch: the quantized tensor's, K padding included.
+#[derive(Clone, Copy, Debug)]
+pub struct ErrorStatsShape {
+    /// Rows.
+    pub rows: usize,
+    /// Logical columns (K).
+    pub cols: usize,
+    /// Columns as stored, K rounded up to 16.
+    pub cols_padded: usize,
+    /// Layout of the scales.
+    pub scale_layout: ScaleLayout,
+}
+
+/// Blocks of one `nvfp4_quant_error` launch over `s`: one thread per 4 lanes of a group of 16 blocks
+/// (nvfp4.h), at most 8 blocks per SM so each thread walks several groups of a large tensor and the
+/// partials stay few.
+fn error_stats_grid(dev: &Device, s: &ErrorStatsShape) -> u64 {
+    let groups = (s.cols / 16).div_ceil(16) + usize::from(s.cols % 16 != 0);
+    (4 * s.rows as u64 * groups as u64)
+        .div_ceil(BLOCK_THREADS as u64)
+        .clamp(1, 8 * dev.info().sm_count.max(1) as u64)
+}
+
+/// The f64s of partial sums [`error_stats`] needs on `dev` for any shape: 3 per block of the largest grid.
+pub fn error_stats_partials(dev: &Device) -> usize {
+    3 * 8 * dev.info().sm_count.max(1) as usize
+}
+
+/// Enqueues the error sums of the quantized tensor (`codes`, `scales`, `global_scale[0]`) against `x`
+/// (`[rows, cols]`): `out[0..3]` becomes Σx², Σ(x̂ - x)² and max |x̂ - x| (`quant::error_stats`'s
+/// arithmetic). `partials` is scratch of at least [`error_stats_partials`] f64s; two kernels run, the
+/// second reducing the first's per-block sums in a fixed order, so the result is deterministic.
+#[allow(clippy::too_many_arguments)]
+pub fn error_stats<T: Element + DeviceRepr>(
+    dev: &Device,
+    stream: &Arc<CudaStream>,
+    x: &impl DevicePtr<T>,
+    codes: &impl DevicePtr<u8>,
+    scales: &impl DevicePtr<u8>,
+    global_scale: &impl DevicePtr<f32>,
+    s: ErrorStatsShape,
+    partials: &mut impl DevicePtrMut<f64>,
+    out: &mut impl DevicePtrMut<f64>,
+) -> Result<()> {
+    let shape = [s.rows, s.cols];
+    check_padded(&shape, s.cols_padded)?;
+    need("x", &shape, s.rows * s.cols, x.len())?;
+    need("codes", &shape, s.rows * s.cols_padded / 2, codes.len())?;
+    need(
+        "scales",
+        &shape,
+        s.scale_layout.len(s.rows, s.cols_padded / 16),
+        scales.len(),
+    )?;
+    need("global_scale", &[1], 1, global_scale.len())?;
+    need("error sums", &[3], 3, out.len())?;
+    let grid = error_stats_grid(dev, &s);
+    if partials.len() < 3 * grid as usize {
+        return Err(Error::length(
+            "error partials",
+            &shape,
+            3 * grid as usize,
+            partials.len(),
+        ));
+    }
+    {
+        let (xp, _gx) = x.device_ptr(stream);
+        let (cp, _gc) = codes.device_ptr(stream);
+        let (sp, _gs) = scales.device_ptr(stream);
+        let (gp, _gg) = global_scale.device_ptr(stream);
+        let (pp, _gp) = partials.device_ptr_mut(stream);
+        let p = abi::nvfp4_quant_error_params {
+            x: xp as *const _,
+            codes: cp as *const u8,
+            scales: sp as *const u8,
+            global_scale: gp as *const f32,
+            partials: pp as *mut f64,
+            rows: s.rows as u64,
+            cols: s.cols as u64,
+            cols_padded: s.cols_padded as u64,
+            dtype: dtype_code(T::DTYPE),
+            scale_layout: layout_code(s.scale_layout),
+        };
+        launch(dev, stream, KernelId::QuantError, grid, &p)?;
+    }
+    let (pp, _gp) = partials.device_ptr_mut(stream);
+    let (op, _go) = out.device_ptr_mut(stream);
+    let p = abi::nvfp4_quant_error_reduce_params {
+        partials: pp as *const f64,
+        out: op as *mut f64,
+        blocks: grid,
+    };
+    launch(dev, stream, KernelId::QuantErrorReduce, 1, &p)
 }

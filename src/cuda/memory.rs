@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use cudarc::driver::{
-    CudaSlice, CudaStream, CudaView, DevicePtrMut, DeviceRepr, DriverError, ValidAsZeroBits, sys,
+    CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtrMut, DeviceRepr, DriverError, ValidAsZeroBits, sys,
 };
 
 use crate::error::{Error, Result};
@@ -19,6 +19,10 @@ unsafe impl DeviceRepr for super::abi::nvfp4_quantize_params {}
 unsafe impl DeviceRepr for super::abi::nvfp4_dequantize_params {}
 // SAFETY: as above.
 unsafe impl DeviceRepr for super::abi::nvfp4_scale_layout_params {}
+// SAFETY: as above.
+unsafe impl DeviceRepr for super::abi::nvfp4_quant_error_params {}
+// SAFETY: as above.
+unsafe impl DeviceRepr for super::abi::nvfp4_quant_error_reduce_params {}
 // SAFETY: as above.
 unsafe impl DeviceRepr for super::abi::nvfp4_gemm_params {}
 // SAFETY: as above.
@@ -137,4 +141,38 @@ pub fn cast_view<'a, T: DeviceRepr + bytemuck::Pod>(bytes: &CudaView<'a, u8>) ->
     // cudarc checks again; alignment is the caller's layout's (offsets are multiples of 256).
     unsafe { bytes.transmute::<T>(bytes.len() / size) }
         .ok_or_else(|| Error::invalid("byte view", "too short"))
+}
+
+/// [`cast_view`] for writing: a mutable byte view of device memory as elements of `T` (a small result
+/// kept at an aligned offset of a byte buffer, so one copy brings several back). The byte length must
+/// be a whole number of elements.
+///
+/// ```no_run
+/// use nvfp4::cuda::{Device, alloc_zeros, cast_view_mut};
+/// let dev = Device::new(0)?;
+/// let mut bytes = alloc_zeros::<u8>(dev.stream(), "results", 64)?;
+/// let mut tail = bytes.slice_mut(16..40);
+/// let mut sums = cast_view_mut::<f64>(&mut tail)?;
+/// dev.stream().memset_zeros(&mut sums).unwrap();
+/// # Ok::<(), nvfp4::Error>(())
+/// ```
+pub fn cast_view_mut<'b, T: DeviceRepr + bytemuck::Pod>(
+    bytes: &'b mut CudaViewMut<'_, u8>,
+) -> Result<CudaViewMut<'b, T>> {
+    let size = std::mem::size_of::<T>().max(1);
+    let len = bytes.len();
+    if len % size != 0 {
+        return Err(Error::length(
+            "byte view",
+            &[len],
+            len.next_multiple_of(size),
+            len,
+        ));
+    }
+    // SAFETY: as for `cast_view`: `T: Pod`, so any bits the device holds are a valid `T` and any `T`
+    // written is valid bytes; the element count covers exactly the view's bytes (cudarc checks the
+    // length again); alignment is the caller's layout's (offsets are multiples of the element size from
+    // a 256-byte aligned allocation).
+    let v = unsafe { bytes.transmute_mut::<T>(len / size) };
+    v.ok_or_else(|| Error::invalid("byte view", "too short"))
 }

@@ -29,7 +29,7 @@ pub use device::{Device, DeviceInfo};
 pub use kernels::{KernelId, NVCC_VERSION, TARGETS, fatbin_sizes};
 pub(crate) use memory::cuda as cuda_err;
 pub(crate) use memory::fill_bytes;
-pub use memory::{alloc_zeros, cast_view, download, upload};
+pub use memory::{alloc_zeros, cast_view, cast_view_mut, download, upload};
 pub use pinned::{PinnedBuffer, PinnedFlags, copy_d2h_async, copy_h2d_async};
 pub use pinned_pool::{
     PinnedAllocator, PinnedPool, Pool, PoolStats, Staged, StagingAllocator, StagingBuffer, TensorId,

@@ -1,16 +1,17 @@
 //! GPU quantize, dequantize and scale-layout conversion: byte-identical twins of
-//! [`crate::quant::quantize`] and [`crate::quant::dequantize`].
+//! [`crate::quant::quantize`] and [`crate::quant::dequantize`]; and the error sums of a quantized
+//! tensor, the twin of [`crate::quant::error_stats`].
 
 use std::sync::Arc;
 
 use cudarc::driver::{CudaSlice, CudaStream, CudaView, DeviceRepr, ValidAsZeroBits};
 
-use crate::cuda::launch::{self, QuantizeShape};
+use crate::cuda::launch::{self, ErrorStatsShape, QuantizeShape};
 use crate::cuda::{Device, alloc_zeros, download, upload};
 use crate::error::{Error, Result, element_count};
 use crate::format::{Element, ScaleLayout};
 use crate::quant::{
-    BLOCK, GlobalScale, NonFinite, Nvfp4Tensor, QuantizeOptions, check_given_scale, padded_k,
+    BLOCK, ErrorStats, GlobalScale, NonFinite, Nvfp4Tensor, QuantizeOptions, check_given_scale, padded_k,
 };
 
 /// An element type the GPU kernels read and write (f32, f16, bf16).
@@ -231,8 +232,9 @@ pub fn quantize_into<T: GpuElement>(
     let quantizes = rows * cols_padded > 0;
     // The quantize launch derives a global scale from the amax itself (one launch fewer); the scale
     // kernel runs only when nothing is quantized but the scale is still an output.
+    let amax_bits = out.amax_bits.as_view();
     let derive = match opts.global_scale {
-        GlobalScale::FromAmax(rule) if quantizes => Some((&out.amax_bits, rule)),
+        GlobalScale::FromAmax(rule) if quantizes => Some((&amax_bits, rule)),
         GlobalScale::FromAmax(rule) => {
             launch::global_scale(dev, stream, &out.amax_bits, &mut out.global_scale, rule)?;
             None
@@ -334,4 +336,84 @@ pub fn dequantize_view<T: GpuElement>(
         &t.global_scale,
         out,
     )
+}
+
+/// Device memory of [`error_stats_into`]: per-block partial sums and the three results (Σx², Σ(x̂ - x)²,
+/// max |x̂ - x| as f64), reusable for any shape on its device.
+pub struct DeviceErrorStats {
+    partials: CudaSlice<f64>,
+    /// `[Σx², Σ(x̂ - x)², max |x̂ - x|]` once the launch has run.
+    pub sums: CudaSlice<f64>,
+}
+
+impl DeviceErrorStats {
+    /// Allocates the buffers for `dev` (a few KiB).
+    pub fn new(dev: &Device, stream: &Arc<CudaStream>) -> Result<Self> {
+        Ok(DeviceErrorStats {
+            partials: alloc_zeros(stream, "error partials", launch::error_stats_partials(dev))?,
+            sums: alloc_zeros(stream, "error sums", 3)?,
+        })
+    }
+
+    /// Reads the result back, waiting for `stream`.
+    pub fn download(&self, stream: &Arc<CudaStream>) -> Result<ErrorStats> {
+        let v = download(stream, "error sums", &self.sums)?;
+        Ok(ErrorStats {
+            signal: v[0],
+            noise: v[1],
+            max_abs: v[2],
+        })
+    }
+}
+
+/// Enqueues the error sums of `q` against the data `x` it was quantized from (`[rows, cols]` of `q`'s
+/// shape) into `out`: [`crate::quant::error_stats`]'s f32 arithmetic on the device, so the sums agree
+/// with the CPU's to f64 rounding and the maximum exactly. Deterministic (no atomics); never
+/// synchronizes.
+pub fn error_stats_into<T: GpuElement>(
+    dev: &Device,
+    stream: &Arc<CudaStream>,
+    x: &CudaSlice<T>,
+    q: &DeviceNvfp4,
+    out: &mut DeviceErrorStats,
+) -> Result<()> {
+    let s = ErrorStatsShape {
+        rows: q.rows,
+        cols: q.cols,
+        cols_padded: q.cols_padded,
+        scale_layout: q.scale_layout,
+    };
+    launch::error_stats(
+        dev,
+        stream,
+        x,
+        &q.codes,
+        &q.scales,
+        &q.global_scale,
+        s,
+        &mut out.partials,
+        &mut out.sums,
+    )
+}
+
+/// [`error_stats_into`] with its own buffers, read back (waits for `stream`).
+///
+/// ```no_run
+/// use nvfp4::{cuda::{Device, upload}, ops, QuantizeOptions};
+/// let dev = Device::new(0)?;
+/// let x = upload(dev.stream(), "x", &vec![0.3f32; 4096])?;
+/// let q = ops::quantize(&dev, dev.stream(), "x", &x, 64, 64, &QuantizeOptions::default())?;
+/// let e = ops::error_stats(&dev, dev.stream(), &x, &q)?;
+/// println!("SNR {:.1} dB, max |err| {:.3e}", e.snr_db(), e.max_abs);
+/// # Ok::<(), nvfp4::Error>(())
+/// ```
+pub fn error_stats<T: GpuElement>(
+    dev: &Device,
+    stream: &Arc<CudaStream>,
+    x: &CudaSlice<T>,
+    q: &DeviceNvfp4,
+) -> Result<ErrorStats> {
+    let mut out = DeviceErrorStats::new(dev, stream)?;
+    error_stats_into(dev, stream, x, q, &mut out)?;
+    out.download(stream)
 }

@@ -4,10 +4,12 @@
 //! Depends on [`crate::format`] only; no FFI, no GPU.
 
 mod dequantize;
+mod error;
 mod quantize;
 mod tensor;
 
 pub use dequantize::{dequantize, dequantize_into};
+pub use error::{ErrorStats, error_stats};
 
 pub use quantize::{
     GlobalScale, GlobalScaleRule, NonFinite, QuantizeOptions, amax, global_scale_from_amax, quantize,

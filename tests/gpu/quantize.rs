@@ -390,7 +390,8 @@ fn gpu_quantize_kernel_writes_every_byte() {
         panic!("the default global scale is derived from the amax")
     };
     let amax_bits = upload(&stream, "amax", &[amax.to_bits()]).unwrap();
-    for derive in [None, Some((&amax_bits, rule))] {
+    let amax_view = amax_bits.as_view();
+    for derive in [None, Some((&amax_view, rule))] {
         let given = if derive.is_some() {
             f32::NAN
         } else {

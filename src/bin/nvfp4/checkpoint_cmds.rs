@@ -7,9 +7,9 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use nvfp4::checkpoint::{self, Checkpoint, Dense, Flavour, QuantizeJob, Selection};
+use nvfp4::QuantizeOptions;
+use nvfp4::checkpoint::{self, Checkpoint, Flavour, QuantizeJob, Selection};
 use nvfp4::format::Dtype;
-use nvfp4::{Nvfp4Tensor, QuantizeOptions};
 
 /// `nvfp4 quantize INPUT -o OUTPUT`.
 #[derive(Args)]
@@ -124,34 +124,28 @@ fn progress_bar(total: u64, what: &str) -> ProgressBar {
     pb
 }
 
-type GpuQuantizer =
-    Box<dyn Fn(&str, &Dense<'_>, usize, usize, &QuantizeOptions) -> nvfp4::Result<Nvfp4Tensor> + Sync>;
-
-fn gpu_quantizer() -> anyhow::Result<GpuQuantizer> {
+/// The `--gpu` quantizer on device 0, its buffers sized for the largest tensor to quantize so that
+/// allocating and pinning stay out of the timed run.
+fn gpu_quantizer(ck: &Checkpoint, selection: &Selection) -> anyhow::Result<nvfp4::ops::GpuQuantizer> {
     let dev = nvfp4::cuda::Device::new(0)
         .context("--gpu needs a CUDA device (device 0); run without --gpu to quantize on the CPU")?;
     if !dev.has_kernels() {
         bail!("--gpu: this nvfp4 build holds no GPU kernels (nvcc was not found when it was built)");
     }
-    let dev = std::sync::Mutex::new(dev);
-    Ok(Box::new(move |name, data, n, k, opts| {
-        let dev = dev
-            .lock()
-            .map_err(|_| nvfp4::Error::NoDevice("device lock poisoned".into()))?;
-        let s = dev.stream();
-        let q = match data {
-            Dense::F32(v) => {
-                nvfp4::ops::quantize(&dev, s, name, &nvfp4::cuda::upload(s, name, v)?, n, k, opts)?
-            }
-            Dense::F16(v) => {
-                nvfp4::ops::quantize(&dev, s, name, &nvfp4::cuda::upload(s, name, v)?, n, k, opts)?
-            }
-            Dense::Bf16(v) => {
-                nvfp4::ops::quantize(&dev, s, name, &nvfp4::cuda::upload(s, name, v)?, n, k, opts)?
-            }
-        };
-        q.download(s)
-    }))
+    let mut q = nvfp4::ops::GpuQuantizer::new(dev).context("--gpu: setting up the GPU quantizer")?;
+    let (mut input, mut output) = (0usize, 0usize);
+    // A plan error is reported by the quantize itself, with its context.
+    let plan = checkpoint::plan_quantize(ck, selection).unwrap_or_default();
+    for d in plan.iter().filter(|d| d.quantize) {
+        if let Some((_, e)) = ck.get(&d.name) {
+            let (n, k) = (e.shape[0], e.shape[1]);
+            input = input.max(e.len());
+            output = output.max(n * k / 2 + n * k / 16);
+        }
+    }
+    q.reserve(input, output)
+        .context("--gpu: allocating device and pinned buffers for the largest tensor")?;
+    Ok(q)
 }
 
 /// `nvfp4 quantize`.
@@ -175,7 +169,11 @@ pub fn quantize(a: &QuantizeArgs) -> anyhow::Result<()> {
         println!("{q} tensors to quantize, {} to keep", plan.len() - q);
         return Ok(());
     }
-    let gpu = if a.gpu { Some(gpu_quantizer()?) } else { None };
+    let mut gpu = if a.gpu {
+        Some(gpu_quantizer(&ck, &selection)?)
+    } else {
+        None
+    };
     let job = QuantizeJob {
         selection,
         options: QuantizeOptions::default(),
@@ -185,8 +183,8 @@ pub fn quantize(a: &QuantizeArgs) -> anyhow::Result<()> {
     let total = ck.data_bytes();
     let pb = progress_bar(total, "quantize");
     let t0 = Instant::now();
-    let summary = match &gpu {
-        Some(g) => checkpoint::quantize_checkpoint(&ck, &a.output, &job, g.as_ref(), &|b| pb.inc(b)),
+    let summary = match &mut gpu {
+        Some(g) => checkpoint::quantize_checkpoint_with(&ck, &a.output, &job, g, &|b| pb.inc(b)),
         None => {
             checkpoint::quantize_checkpoint(&ck, &a.output, &job, &checkpoint::cpu_quantizer, &|b| pb.inc(b))
         }
@@ -218,6 +216,15 @@ pub fn quantize(a: &QuantizeArgs) -> anyhow::Result<()> {
         total as f64 / 1e9 / secs.max(1e-9),
         if a.gpu { " on the GPU" } else { "" }
     );
+    let stages = gpu.as_ref().map(|g| g.stages());
+    if let Some(st) = &stages {
+        // The slowest stage (lowest GB/s while busy) bounds the run unless the waits are large.
+        println!(
+            "GPU stages: {}; end to end {:.2} GB/s",
+            st.summary(),
+            total as f64 / 1e9 / secs.max(1e-9)
+        );
+    }
     if let Some(path) = &a.report {
         let json = serde_json::json!({
             "input": a.input.display().to_string(),
@@ -225,6 +232,8 @@ pub fn quantize(a: &QuantizeArgs) -> anyhow::Result<()> {
             "quantizer": if a.gpu { "gpu" } else { "cpu" },
             "seconds": secs,
             "input_bytes": total,
+            "gb_per_s": total as f64 / 1e9 / secs.max(1e-9),
+            "stages": stages.map(|s| s.to_json()),
             "layers": summary.layers.iter().map(|l| l.to_json()).collect::<Vec<_>>(),
         });
         std::fs::write(path, serde_json::to_string_pretty(&json)? + "\n")
