@@ -19,7 +19,7 @@ use super::kernels::KernelId;
 use super::memory::cuda;
 use crate::error::{Error, Result};
 use crate::format::{Dtype, Element, ScaleLayout, ZeroSign};
-use crate::quant::GlobalScaleRule;
+use crate::quant::{GlobalScaleRule, QuantizeOptions};
 
 /// Threads per block of every kernel in quantize.cu (the header allows any size; 256 keeps eight
 /// warps per block for latency hiding without limiting occupancy at these register counts).
@@ -174,8 +174,21 @@ pub struct QuantizeShape {
 }
 
 impl QuantizeShape {
-    /// The tensor's shape without the quantize modes: what its buffers are checked against.
-    fn tensor(&self) -> ErrorStatsShape {
+    /// The launch `opts` asks for on a `[rows, cols]` tensor stored `cols_padded` wide.
+    pub(crate) fn new(rows: usize, cols: usize, cols_padded: usize, opts: &QuantizeOptions) -> Self {
+        QuantizeShape {
+            rows,
+            cols,
+            cols_padded,
+            scale_layout: opts.scale_layout,
+            zero_sign: opts.zero_sign,
+            clamp_scale: opts.clamp_scale,
+        }
+    }
+
+    /// The tensor's shape without the quantize modes: what its buffers are checked against, and
+    /// what its error-statistics launch takes.
+    pub(crate) fn tensor(&self) -> ErrorStatsShape {
         ErrorStatsShape {
             rows: self.rows,
             cols: self.cols,

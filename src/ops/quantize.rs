@@ -248,14 +248,7 @@ pub fn quantize_into<T: GpuElement>(
         }
     };
     if quantizes {
-        let s = QuantizeShape {
-            rows,
-            cols,
-            cols_padded,
-            scale_layout: opts.scale_layout,
-            zero_sign: opts.zero_sign,
-            clamp_scale: opts.clamp_scale,
-        };
+        let s = QuantizeShape::new(rows, cols, cols_padded, opts);
         launch::quantize(
             dev,
             stream,
