@@ -337,14 +337,12 @@ impl GpuQuantizer {
         let (global_scale, first, sums) = result?;
         if opts.non_finite == NonFinite::Error && first != u64::MAX {
             let index = first as usize;
-            return Err(Error::NonFinite {
-                name: name.to_string(),
-                shape: shape.to_vec(),
+            return Err(Error::non_finite(
+                name,
+                shape,
                 index,
-                row: index / cols,
-                col: index % cols,
-                value: data.get(index).map_or(f32::NAN, |v| v.to_f32()),
-            });
+                data.get(index).map_or(f32::NAN, |v| v.to_f32()),
+            ));
         }
         let t = Instant::now();
         let host = self.out_host.as_slice();
