@@ -11,7 +11,7 @@ use nvfp4::quant::{self, GlobalScale, GlobalScaleRule, NonFinite, QuantizeOption
 use nvfp4::reference::synthetic::Rng;
 use nvfp4::{Error, Nvfp4Tensor};
 
-use crate::common::{convert, device, mixed_values, under_sanitizer};
+use crate::common::{assert_same_tensor, convert, device, mixed_values, under_sanitizer};
 
 /// Quantizes on both sides and compares every byte; `what` names the case in the failure message.
 fn check_quantize<T: GpuElement>(
@@ -28,26 +28,7 @@ fn check_quantize<T: GpuElement>(
     let gpu = ops::quantize(dev, stream, "x", &x, rows, cols, opts).and_then(|t| t.download(stream));
     match (cpu, gpu) {
         (Ok(c), Ok(g)) => {
-            assert_eq!(
-                c.global_scale().to_bits(),
-                g.global_scale().to_bits(),
-                "{what}: global scale"
-            );
-            if let Some(i) = c.scales().iter().zip(g.scales()).position(|(a, b)| a != b) {
-                panic!(
-                    "{what}: scale byte {i}: cpu {:#04x} gpu {:#04x}",
-                    c.scales()[i],
-                    g.scales()[i]
-                );
-            }
-            if let Some(i) = c.codes().iter().zip(g.codes()).position(|(a, b)| a != b) {
-                panic!(
-                    "{what}: code byte {i}: cpu {:#04x} gpu {:#04x}",
-                    c.codes()[i],
-                    g.codes()[i]
-                );
-            }
-            assert_eq!(c, g, "{what}");
+            assert_same_tensor(&c, &g, what);
         }
         (Err(Error::NonFinite { index: a, .. }), Err(Error::NonFinite { index: b, .. })) => {
             assert_eq!(a, b, "{what}: first non-finite index")
