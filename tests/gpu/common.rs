@@ -75,3 +75,23 @@ pub fn assert_same_tensor(cpu: &Nvfp4Tensor, gpu: &Nvfp4Tensor, what: &str) {
     }
     assert_eq!(cpu, gpu, "{what}");
 }
+
+/// One `#[test]` per `name => type`, each calling the generic `body::<type>` with its own name (what
+/// [`device`] prints on a skip, so the two cannot drift apart) and then any `(args)`.
+macro_rules! dtype_tests {
+    (@call $body:ident, $t:ty, $name:ident, ($($arg:expr),*)) => {
+        $body::<$t>(stringify!($name) $(, $arg)*)
+    };
+    ($body:ident; $($tests:tt)*) => {
+        dtype_tests!($body(); $($tests)*);
+    };
+    ($body:ident $args:tt; $($name:ident => $t:ty),+ $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                dtype_tests!(@call $body, $t, $name, $args);
+            }
+        )+
+    };
+}
+pub(crate) use dtype_tests;
