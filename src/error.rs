@@ -197,6 +197,18 @@ impl Error {
         }
     }
 
+    /// [`Error::NonFinite`] for element `index` (row-major) of the `[rows, cols]` tensor `name`.
+    pub(crate) fn non_finite(name: &str, shape: [usize; 2], index: usize, value: f32) -> Self {
+        Error::NonFinite {
+            name: name.to_string(),
+            shape: shape.to_vec(),
+            index,
+            row: index / shape[1],
+            col: index % shape[1],
+            value,
+        }
+    }
+
     pub(crate) fn invalid(name: &str, what: impl Into<String>) -> Self {
         Error::InvalidValue {
             name: name.to_string(),

@@ -53,6 +53,19 @@ fn blas_err(context: impl Into<String>) -> impl FnOnce(cudarc::cublas::result::C
     }
 }
 
+/// cuBLAS takes each GEMM dimension as an `i32`, and an empty product is the caller's to skip.
+fn check_dims(m: usize, n: usize, k: usize) -> Result<()> {
+    let dims = [m, n, k];
+    if dims.iter().any(|&d| d == 0 || d > i32::MAX as usize) {
+        return Err(Error::shape(
+            "cuBLAS GEMM [M, N, K]",
+            &dims,
+            "each dimension in 1..=2^31-1",
+        ));
+    }
+    Ok(())
+}
+
 /// A cuBLAS handle on one stream computing row-major `C[M, N] = A[M, K] · W[N, K]ᵀ` in bf16 with f32
 /// accumulation (cuBLAS's default compute type for bf16).
 ///
@@ -104,14 +117,7 @@ impl CublasBf16 {
                 return Err(Error::length(name, &shape, shape[0] * shape[1], len));
             }
         }
-        let dims = [m, n, k];
-        if dims.iter().any(|&d| d == 0 || d > i32::MAX as usize) {
-            return Err(Error::shape(
-                "cuBLAS GEMM [M, N, K]",
-                &dims,
-                "each dimension in 1..=2^31-1",
-            ));
-        }
+        check_dims(m, n, k)?;
         // Column-major view: C^T [n, m] = W [n, k] (stored as k x n, transposed) times A^T [k, m].
         let cfg = GemmConfig {
             transa: sys::cublasOperation_t::CUBLAS_OP_T,
@@ -229,14 +235,7 @@ impl BlasGemm {
         beta: &impl DevicePtr<f32>,
         c: &mut impl DevicePtrMut<O>,
     ) -> Result<()> {
-        let dims = [m, n, k];
-        if dims.iter().any(|&d| d == 0 || d > i32::MAX as usize) {
-            return Err(Error::shape(
-                "cuBLAS GEMM [M, N, K]",
-                &dims,
-                "each dimension in 1..=2^31-1",
-            ));
-        }
+        check_dims(m, n, k)?;
         let type_of = |d: Dtype| match d {
             Dtype::F32 => sys::cudaDataType_t::CUDA_R_32F,
             Dtype::F16 => sys::cudaDataType_t::CUDA_R_16F,

@@ -19,7 +19,7 @@ use super::kernels::KernelId;
 use super::memory::cuda;
 use crate::error::{Error, Result};
 use crate::format::{Dtype, Element, ScaleLayout, ZeroSign};
-use crate::quant::GlobalScaleRule;
+use crate::quant::{GlobalScaleRule, QuantizeOptions};
 
 /// Threads per block of every kernel in quantize.cu (the header allows any size; 256 keeps eight
 /// warps per block for latency hiding without limiting occupancy at these register counts).
@@ -173,6 +173,54 @@ pub struct QuantizeShape {
     pub clamp_scale: bool,
 }
 
+impl QuantizeShape {
+    /// The launch `opts` asks for on a `[rows, cols]` tensor stored `cols_padded` wide.
+    pub(crate) fn new(rows: usize, cols: usize, cols_padded: usize, opts: &QuantizeOptions) -> Self {
+        QuantizeShape {
+            rows,
+            cols,
+            cols_padded,
+            scale_layout: opts.scale_layout,
+            zero_sign: opts.zero_sign,
+            clamp_scale: opts.clamp_scale,
+        }
+    }
+
+    /// The tensor's shape without the quantize modes: what its buffers are checked against, and
+    /// what its error-statistics launch takes.
+    pub(crate) fn tensor(&self) -> ErrorStatsShape {
+        ErrorStatsShape {
+            rows: self.rows,
+            cols: self.cols,
+            cols_padded: self.cols_padded,
+            scale_layout: self.scale_layout,
+        }
+    }
+}
+
+/// Checks the buffer lengths of one quantized tensor (its input `x`, `codes`, `scales` and
+/// `global_scale`) against `s`; returns `[rows, cols]` for the caller's own checks.
+fn check_tensor(
+    s: &ErrorStatsShape,
+    x: usize,
+    codes: usize,
+    scales: usize,
+    global_scale: usize,
+) -> Result<[usize; 2]> {
+    let shape = [s.rows, s.cols];
+    check_padded(&shape, s.cols_padded)?;
+    need("x", &shape, s.rows * s.cols, x)?;
+    need("codes", &shape, s.rows * s.cols_padded / 2, codes)?;
+    need(
+        "scales",
+        &shape,
+        s.scale_layout.len(s.rows, s.cols_padded / 16),
+        scales,
+    )?;
+    need("global_scale", &[1], 1, global_scale)?;
+    Ok(shape)
+}
+
 /// Quantizes `x` (`[rows, cols]`) into `codes` and `scales`. With `derive` `None` the global scale is
 /// read from `global_scale[0]`; with `Some((amax_bits, rule))` the kernel derives it from the amax (as
 /// [`global_scale`] would) and stores it in `global_scale[0]`, saving that launch.
@@ -188,17 +236,13 @@ pub fn quantize<T: Element + DeviceRepr>(
     codes: &mut impl DevicePtrMut<u8>,
     scales: &mut impl DevicePtrMut<u8>,
 ) -> Result<()> {
-    let shape = [s.rows, s.cols];
-    check_padded(&shape, s.cols_padded)?;
-    need("x", &shape, s.rows * s.cols, x.len())?;
-    need("codes", &shape, s.rows * s.cols_padded / 2, codes.len())?;
-    need(
-        "scales",
-        &shape,
-        s.scale_layout.len(s.rows, s.cols_padded / 16),
+    check_tensor(
+        &s.tensor(),
+        x.len(),
+        codes.len(),
         scales.len(),
+        global_scale.len(),
     )?;
-    need("global_scale", &[1], 1, global_scale.len())?;
     if let Some((a, _)) = derive {
         need("amax", &[1], 1, a.len())?;
     }
@@ -358,17 +402,7 @@ pub fn error_stats<T: Element + DeviceRepr>(
     partials: &mut impl DevicePtrMut<f64>,
     out: &mut impl DevicePtrMut<f64>,
 ) -> Result<()> {
-    let shape = [s.rows, s.cols];
-    check_padded(&shape, s.cols_padded)?;
-    need("x", &shape, s.rows * s.cols, x.len())?;
-    need("codes", &shape, s.rows * s.cols_padded / 2, codes.len())?;
-    need(
-        "scales",
-        &shape,
-        s.scale_layout.len(s.rows, s.cols_padded / 16),
-        scales.len(),
-    )?;
-    need("global_scale", &[1], 1, global_scale.len())?;
+    let shape = check_tensor(&s, x.len(), codes.len(), scales.len(), global_scale.len())?;
     need("error sums", &[3], 3, out.len())?;
     let grid = error_stats_grid(dev, &s);
     if partials.len() < 3 * grid as usize {

@@ -36,7 +36,7 @@ use rayon::prelude::*;
 
 use super::GpuElement;
 use crate::checkpoint::{CheckpointQuantizer, Dense};
-use crate::cuda::launch::{self, ErrorStatsShape, QuantizeShape};
+use crate::cuda::launch::{self, QuantizeShape};
 use crate::cuda::{
     Device, KernelId, PinnedBuffer, PinnedFlags, alloc_zeros, cast_view, cast_view_mut, copy_d2h_async,
     copy_h2d_async, cuda_err,
@@ -337,14 +337,12 @@ impl GpuQuantizer {
         let (global_scale, first, sums) = result?;
         if opts.non_finite == NonFinite::Error && first != u64::MAX {
             let index = first as usize;
-            return Err(Error::NonFinite {
-                name: name.to_string(),
-                shape: shape.to_vec(),
+            return Err(Error::non_finite(
+                name,
+                shape,
                 index,
-                row: index / cols,
-                col: index % cols,
-                value: data.get(index).map_or(f32::NAN, |v| v.to_f32()),
-            });
+                data.get(index).map_or(f32::NAN, |v| v.to_f32()),
+            ));
         }
         let t = Instant::now();
         let host = self.out_host.as_slice();
@@ -445,14 +443,7 @@ impl GpuQuantizer {
                     .memset_zeros(&mut scales)
                     .map_err(cuda_err("clearing the swizzled scales"))?;
             }
-            let shape = QuantizeShape {
-                rows,
-                cols,
-                cols_padded,
-                scale_layout: opts.scale_layout,
-                zero_sign: opts.zero_sign,
-                clamp_scale: opts.clamp_scale,
-            };
+            let shape = QuantizeShape::new(rows, cols, cols_padded, opts);
             launch::quantize(
                 dev,
                 &stream,
@@ -464,12 +455,6 @@ impl GpuQuantizer {
                 &mut scales,
             )?;
             if measure {
-                let s = ErrorStatsShape {
-                    rows,
-                    cols,
-                    cols_padded,
-                    scale_layout: opts.scale_layout,
-                };
                 launch::error_stats(
                     dev,
                     &stream,
@@ -477,7 +462,7 @@ impl GpuQuantizer {
                     &codes,
                     &scales,
                     &global_scale,
-                    s,
+                    shape.tensor(),
                     &mut self.partials,
                     &mut sums,
                 )?;

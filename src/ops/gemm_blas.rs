@@ -209,7 +209,15 @@ impl CublasExec {
         )
     }
 
-    fn check<O: GpuElement>(&self, bias: Option<&CudaSlice<O>>, out: &CudaSlice<O>) -> Result<()> {
+    /// Checks `bias`, `out` and `stream` for one product; `false` when it is empty (M or N zero), which
+    /// cuBLAS refuses and which writes nothing.
+    fn ready<O: GpuElement>(
+        &self,
+        dev: &Device,
+        stream: &Arc<CudaStream>,
+        bias: Option<&CudaSlice<O>>,
+        out: &CudaSlice<O>,
+    ) -> Result<bool> {
         let (m, n) = (self.m, self.n);
         if out.len() != m * n {
             return Err(Error::length("out", &[m, n], m * n, out.len()));
@@ -219,7 +227,8 @@ impl CublasExec {
                 return Err(Error::length("bias", &[n], n, b.len()));
             }
         }
-        Ok(())
+        dev.check_stream(stream)?;
+        Ok(m > 0 && n > 0)
     }
 
     /// `out = a · wᵀ · w_gs (+ bias)`; `w` must hold `[N, K]` (the plan checked its shape).
@@ -246,9 +255,7 @@ impl CublasExec {
         if a.len() != m * k {
             return Err(Error::length("A", &[m, k], m * k, a.len()));
         }
-        self.check(bias, out)?;
-        dev.check_stream(stream)?;
-        if m == 0 || n == 0 {
+        if !self.ready(dev, stream, bias, out)? {
             return Ok(());
         }
         let CublasExec {
@@ -286,9 +293,7 @@ impl CublasExec {
         out: &mut CudaSlice<O>,
     ) -> Result<()> {
         let (m, n, k) = (self.m, self.n, self.k);
-        self.check(bias, out)?;
-        dev.check_stream(stream)?;
-        if m == 0 || n == 0 {
+        if !self.ready(dev, stream, bias, out)? {
             return Ok(());
         }
         let CublasExec {

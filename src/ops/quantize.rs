@@ -219,14 +219,7 @@ pub fn quantize_into<T: GpuElement>(
             } else {
                 f32::NAN
             };
-            return Err(Error::NonFinite {
-                name: name.to_string(),
-                shape: shape.to_vec(),
-                index,
-                row: index / cols,
-                col: index % cols,
-                value,
-            });
+            return Err(Error::non_finite(name, shape, index, value));
         }
     }
     let quantizes = rows * cols_padded > 0;
@@ -248,14 +241,7 @@ pub fn quantize_into<T: GpuElement>(
         }
     };
     if quantizes {
-        let s = QuantizeShape {
-            rows,
-            cols,
-            cols_padded,
-            scale_layout: opts.scale_layout,
-            zero_sign: opts.zero_sign,
-            clamp_scale: opts.clamp_scale,
-        };
+        let s = QuantizeShape::new(rows, cols, cols_padded, opts);
         launch::quantize(
             dev,
             stream,

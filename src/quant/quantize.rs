@@ -285,14 +285,7 @@ pub fn quantize<T: Element>(
 
     let (m, first_bad) = amax(data);
     if let (NonFinite::Error, Some(index)) = (opts.non_finite, first_bad) {
-        return Err(Error::NonFinite {
-            name: name.to_string(),
-            shape: shape.to_vec(),
-            index,
-            row: index / cols,
-            col: index % cols,
-            value: data[index].to_f32(),
-        });
+        return Err(Error::non_finite(name, shape, index, data[index].to_f32()));
     }
     let s2 = match opts.global_scale {
         GlobalScale::FromAmax(rule) => global_scale_from_amax(m, rule),

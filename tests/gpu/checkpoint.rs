@@ -13,7 +13,7 @@ use nvfp4::reference::synthetic::Rng;
 use safetensors::Dtype;
 
 use crate::checkpoint_common as ckc;
-use crate::common::{convert, device, mixed_values};
+use crate::common::{assert_same_tensor, convert, device, mixed_values};
 
 fn options() -> Vec<QuantizeOptions> {
     let mut v = Vec::new();
@@ -56,26 +56,7 @@ fn check_one<T: GpuElement + bytemuck::Pod>(
     let got = gpu.quantize_slice("w", host, rows, cols, opts, true);
     match (cpu, got) {
         (Ok(c), Ok((g, stats))) => {
-            assert_eq!(
-                c.global_scale().to_bits(),
-                g.global_scale().to_bits(),
-                "{what}: global scale"
-            );
-            if let Some(i) = c.scales().iter().zip(g.scales()).position(|(a, b)| a != b) {
-                panic!(
-                    "{what}: scale byte {i}: cpu {:#04x} gpu {:#04x}",
-                    c.scales()[i],
-                    g.scales()[i]
-                );
-            }
-            if let Some(i) = c.codes().iter().zip(g.codes()).position(|(a, b)| a != b) {
-                panic!(
-                    "{what}: code byte {i}: cpu {:#04x} gpu {:#04x}",
-                    c.codes()[i],
-                    g.codes()[i]
-                );
-            }
-            assert_eq!(c, g, "{what}");
+            assert_same_tensor(&c, &g, what);
             let e = quant::error_stats(host, &c);
             let s = stats.expect("measure was asked for");
             assert!(

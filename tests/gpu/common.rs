@@ -1,5 +1,7 @@
-//! What every GPU test shares: the device (or a visible skip) and seeded test data.
+//! What every GPU test shares: the device (or a visible skip), seeded test data, and the byte-for-byte
+//! tensor comparison.
 
+use nvfp4::Nvfp4Tensor;
 use nvfp4::cuda::Device;
 use nvfp4::format::Element;
 use nvfp4::reference::synthetic::Rng;
@@ -48,3 +50,48 @@ pub fn mixed_values(rng: &mut Rng, n: usize) -> Vec<f32> {
 pub fn convert<T: Element>(v: &[f32]) -> Vec<T> {
     v.iter().map(|&x| T::from_f32(x)).collect()
 }
+
+/// Asserts the CPU's tensor `cpu` and the GPU's `gpu` are equal, naming the first differing byte
+/// (a bare `assert_eq!` would print both tensors whole); `what` names the case.
+pub fn assert_same_tensor(cpu: &Nvfp4Tensor, gpu: &Nvfp4Tensor, what: &str) {
+    assert_eq!(
+        cpu.global_scale().to_bits(),
+        gpu.global_scale().to_bits(),
+        "{what}: global scale"
+    );
+    if let Some(i) = cpu.scales().iter().zip(gpu.scales()).position(|(a, b)| a != b) {
+        panic!(
+            "{what}: scale byte {i}: cpu {:#04x} gpu {:#04x}",
+            cpu.scales()[i],
+            gpu.scales()[i]
+        );
+    }
+    if let Some(i) = cpu.codes().iter().zip(gpu.codes()).position(|(a, b)| a != b) {
+        panic!(
+            "{what}: code byte {i}: cpu {:#04x} gpu {:#04x}",
+            cpu.codes()[i],
+            gpu.codes()[i]
+        );
+    }
+    assert_eq!(cpu, gpu, "{what}");
+}
+
+/// One `#[test]` per `name => type`, each calling the generic `body::<type>` with its own name (what
+/// [`device`] prints on a skip, so the two cannot drift apart) and then any `(args)`.
+macro_rules! dtype_tests {
+    (@call $body:ident, $t:ty, $name:ident, ($($arg:expr),*)) => {
+        $body::<$t>(stringify!($name) $(, $arg)*)
+    };
+    ($body:ident; $($tests:tt)*) => {
+        dtype_tests!($body(); $($tests)*);
+    };
+    ($body:ident $args:tt; $($name:ident => $t:ty),+ $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                dtype_tests!(@call $body, $t, $name, $args);
+            }
+        )+
+    };
+}
+pub(crate) use dtype_tests;

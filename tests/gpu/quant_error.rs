@@ -13,7 +13,7 @@ use nvfp4::ops::{self, DeviceNvfp4, GpuElement};
 use nvfp4::quant::{self, ErrorStats, NonFinite, QuantizeOptions};
 use nvfp4::reference::synthetic::Rng;
 
-use crate::common::{convert, device, mixed_values};
+use crate::common::{convert, device, dtype_tests, mixed_values};
 
 /// Shapes with K a multiple of 16 and not (K padding), one row, a partial last group (K / 16 not a
 /// multiple of 16), rows not a multiple of 128 (swizzle padding), and rows whose byte length is not a
@@ -111,20 +111,11 @@ fn error_stats_match_cpu_for<T: GpuElement>(test: &str) {
     }
 }
 
-#[test]
-fn gpu_error_stats_match_cpu_f32() {
-    error_stats_match_cpu_for::<f32>("gpu_error_stats_match_cpu_f32");
-}
-
-#[test]
-fn gpu_error_stats_match_cpu_f16() {
-    error_stats_match_cpu_for::<f16>("gpu_error_stats_match_cpu_f16");
-}
-
-#[test]
-fn gpu_error_stats_match_cpu_bf16() {
-    error_stats_match_cpu_for::<bf16>("gpu_error_stats_match_cpu_bf16");
-}
+dtype_tests!(error_stats_match_cpu_for;
+    gpu_error_stats_match_cpu_f32 => f32,
+    gpu_error_stats_match_cpu_f16 => f16,
+    gpu_error_stats_match_cpu_bf16 => bf16,
+);
 
 /// NaN, ±Inf, values whose square overflows or underflows f32, subnormals, -0.0 and all-zero rows
 /// (quantized with `NonFinite::Saturate`): the sums carry NaN and Inf as the CPU's do, the maximum

@@ -11,7 +11,7 @@ use nvfp4::quant::{self, GlobalScale, GlobalScaleRule, NonFinite, QuantizeOption
 use nvfp4::reference::synthetic::Rng;
 use nvfp4::{Error, Nvfp4Tensor};
 
-use crate::common::{convert, device, mixed_values, under_sanitizer};
+use crate::common::{assert_same_tensor, convert, device, dtype_tests, mixed_values, under_sanitizer};
 
 /// Quantizes on both sides and compares every byte; `what` names the case in the failure message.
 fn check_quantize<T: GpuElement>(
@@ -28,26 +28,7 @@ fn check_quantize<T: GpuElement>(
     let gpu = ops::quantize(dev, stream, "x", &x, rows, cols, opts).and_then(|t| t.download(stream));
     match (cpu, gpu) {
         (Ok(c), Ok(g)) => {
-            assert_eq!(
-                c.global_scale().to_bits(),
-                g.global_scale().to_bits(),
-                "{what}: global scale"
-            );
-            if let Some(i) = c.scales().iter().zip(g.scales()).position(|(a, b)| a != b) {
-                panic!(
-                    "{what}: scale byte {i}: cpu {:#04x} gpu {:#04x}",
-                    c.scales()[i],
-                    g.scales()[i]
-                );
-            }
-            if let Some(i) = c.codes().iter().zip(g.codes()).position(|(a, b)| a != b) {
-                panic!(
-                    "{what}: code byte {i}: cpu {:#04x} gpu {:#04x}",
-                    c.codes()[i],
-                    g.codes()[i]
-                );
-            }
-            assert_eq!(c, g, "{what}");
+            assert_same_tensor(&c, &g, what);
         }
         (Err(Error::NonFinite { index: a, .. }), Err(Error::NonFinite { index: b, .. })) => {
             assert_eq!(a, b, "{what}: first non-finite index")
@@ -104,20 +85,11 @@ fn quantize_matches_cpu_for<T: GpuElement>(test: &str) {
     }
 }
 
-#[test]
-fn gpu_quantize_matches_cpu_f32() {
-    quantize_matches_cpu_for::<f32>("gpu_quantize_matches_cpu_f32");
-}
-
-#[test]
-fn gpu_quantize_matches_cpu_f16() {
-    quantize_matches_cpu_for::<f16>("gpu_quantize_matches_cpu_f16");
-}
-
-#[test]
-fn gpu_quantize_matches_cpu_bf16() {
-    quantize_matches_cpu_for::<bf16>("gpu_quantize_matches_cpu_bf16");
-}
+dtype_tests!(quantize_matches_cpu_for;
+    gpu_quantize_matches_cpu_f32 => f32,
+    gpu_quantize_matches_cpu_f16 => f16,
+    gpu_quantize_matches_cpu_bf16 => bf16,
+);
 
 /// Tensors big enough that every thread of the capped grid (16 blocks per SM) walks several units (the
 /// shapes above give each thread at most one): the walk's carry from one row to the next is exercised
@@ -159,20 +131,11 @@ fn quantize_long_walks_for<T: GpuElement>(test: &str, rows: usize) {
     }
 }
 
-#[test]
-fn gpu_quantize_long_walks_match_cpu_bf16() {
-    quantize_long_walks_for::<bf16>("gpu_quantize_long_walks_match_cpu_bf16", 6144);
-}
-
-#[test]
-fn gpu_quantize_long_walks_match_cpu_f16() {
-    quantize_long_walks_for::<f16>("gpu_quantize_long_walks_match_cpu_f16", 6144);
-}
-
-#[test]
-fn gpu_quantize_long_walks_match_cpu_f32() {
-    quantize_long_walks_for::<f32>("gpu_quantize_long_walks_match_cpu_f32", 6144);
-}
+dtype_tests!(quantize_long_walks_for(6144);
+    gpu_quantize_long_walks_match_cpu_bf16 => bf16,
+    gpu_quantize_long_walks_match_cpu_f16 => f16,
+    gpu_quantize_long_walks_match_cpu_f32 => f32,
+);
 
 /// Elements placed on and a few ulps around every E2M1 rounding threshold of their block, in quotient
 /// space (x = t * d, d the block's decode scale as the CPU computes it), over global scales from 2^-80
