@@ -264,18 +264,15 @@ __device__ inline void amax_impl(const nvfp4_amax_params &p, float &m, unsigned 
     // Four independent 16-byte loads in flight per thread (64 bytes): the host launches only 4 blocks of
     // 256 threads per SM, and at one load per step that is 16 KiB per SM in flight, short of the
     // ~20-25 KiB HBM3 needs (3.35 TB/s x ~1 us / 132 SMs); four make it 64 KiB.
-    // The walk runs from the last vector to the first (vector nvec - 1 - v): the quantize pass that
-    // follows walks forward, so it starts on the tensor's head, the part this pass read last and the
-    // part most likely still in L2. The max and the first non-finite index do not depend on the order.
     uint64_t v = tid;
     for (; v + 3 * stride < nvec; v += 4 * stride) {
         uint4 q[4];
 #pragma unroll
-        for (int k = 0; k < 4; ++k) q[k] = __ldg(xv + (nvec - 1 - (v + k * stride)));
+        for (int k = 0; k < 4; ++k) q[k] = __ldg(xv + v + k * stride);
 #pragma unroll
-        for (int k = 0; k < 4; ++k) amax_vec<DT>(q[k], (nvec - 1 - (v + k * stride)) * per_vec, m, first);
+        for (int k = 0; k < 4; ++k) amax_vec<DT>(q[k], (v + k * stride) * per_vec, m, first);
     }
-    for (; v < nvec; v += stride) amax_vec<DT>(__ldg(xv + (nvec - 1 - v)), (nvec - 1 - v) * per_vec, m, first);
+    for (; v < nvec; v += stride) amax_vec<DT>(__ldg(xv + v), v * per_vec, m, first);
     for (uint64_t i = nvec * per_vec + tid; i < p.n; i += stride) amax_fold(E::widen(x[i]), i, m, first);
 }
 
