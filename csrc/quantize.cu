@@ -25,8 +25,10 @@
 // element costs a multiply and two FMAs (FastDiv) and an integer encode (e2m1_mag), about 17 in all,
 // the dtype is a template parameter of the aligned load, and the host caps the grid at 16 blocks per SM
 // so the walk's setup is shared by several units: 155 -> 91 us at 8192 x 8192 bf16 (2026-12-07, H100),
-// DRAM 45%, issue 0.68; now latency-bound at 4 blocks per SM (56 registers; two units per trip with
-// both loads first measured slower, 3 blocks per SM). dequantize ~2.5 TB/s (bf16 out). amax, with four
+// DRAM 45%, issue 0.68. Then the E2M1 encode went from 8 to 6 instructions (one add, five integer),
+// the MODELOPT sign from two comparisons to one where d < 2, and the global scale is derived inside
+// this kernel (no nvfp4_global_scale launch): 81 us blocks only, 134 us with the amax pass (H100, same
+// day). Still issue-bound at 4 blocks per SM (see quantize_impl for what measured slower). dequantize ~2.5 TB/s (bf16 out). amax, with four
 // 16-byte loads in flight per thread (2026-11-25, H100):
 // 2.06 TB/s of input at 8192 x 8192 bf16 (65 us with global_scale, was 79), 2.72 TB/s at 28672 x 8192.
 
