@@ -55,11 +55,14 @@ constexpr int kBlock = 16;  // elements per NVFP4 block, and per unit of work
 
 // Walks units u = tid, tid + stride, ... < rows * per_row as (row, col) pairs, dividing only once per
 // thread: each step adds stride's quotient and remainder by per_row and carries. 64-bit division is a
-// software routine on the GPU, and this keeps it out of the loop.
-struct UnitWalk {
-    uint64_t rows, per_row, row, col, step_rows, step_cols;
+// software routine on the GPU, and this keeps it out of the loop. I is the index type: uint64_t in
+// general, uint32_t for a quantize launch whose every index fits 31 bits (quantize_impl), where each
+// step's carry and every address below it cost half the instructions.
+template <typename I>
+struct UnitWalkT {
+    I rows, per_row, row, col, step_rows, step_cols;
 
-    __device__ UnitWalk(uint64_t rows_, uint64_t per_row_) : rows(rows_), per_row(per_row_) {
+    __device__ UnitWalkT(I rows_, I per_row_) : rows(rows_), per_row(per_row_) {
         const uint64_t tid = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x;
         const uint64_t stride = (uint64_t)gridDim.x * blockDim.x;
         // per_row == 0 means no units; row = rows ends the walk before any division by zero.
@@ -68,7 +71,7 @@ struct UnitWalk {
             col = step_rows = step_cols = 0;
             return;
         }
-        if (((tid | stride | per_row) >> 32) == 0) {
+        if (((tid | stride | (uint64_t)per_row) >> 32) == 0) {
             // The usual case: 32-bit division is a few instructions, 64-bit a software routine.
             const uint32_t t = (uint32_t)tid, s = (uint32_t)stride, n = (uint32_t)per_row;
             row = t / n;
@@ -76,10 +79,10 @@ struct UnitWalk {
             step_rows = s / n;
             step_cols = s % n;
         } else {
-            row = tid / per_row;
-            col = tid % per_row;
-            step_rows = stride / per_row;
-            step_cols = stride % per_row;
+            row = (I)(tid / per_row);
+            col = (I)(tid % per_row);
+            step_rows = (I)(stride / per_row);
+            step_cols = (I)(stride % per_row);
         }
     }
     __device__ bool valid() const { return row < rows; }
@@ -93,10 +96,14 @@ struct UnitWalk {
     }
 };
 
-__device__ inline uint64_t scale_offset(uint32_t layout, uint64_t r, uint64_t c, uint64_t block_cols) {
-    return layout == NVFP4_SCALE_SWIZZLED_128X4
-               ? nvfp4_swizzled_offset(r, c, nvfp4_swizzle_padded_cols(block_cols))
-               : r * block_cols + c;
+using UnitWalk = UnitWalkT<uint64_t>;
+
+// Offset of the scale of (row r, block c): nvfp4_swizzled_offset in index type I (the quantize launch's
+// 32-bit walk passes uint32_t, which is exact there: the whole padded scale tensor fits its indices).
+template <typename I>
+__device__ inline I scale_offset(uint32_t layout, I r, I c, I block_cols) {
+    if (layout != NVFP4_SCALE_SWIZZLED_128X4) return r * block_cols + c;
+    return nvfp4_swizzled_offset_t<I>(r, c, (I)nvfp4_swizzle_padded_cols(block_cols));
 }
 
 // ---- element loads, widened exactly to f32 ----
@@ -186,14 +193,46 @@ __device__ inline void load_unit(const void *x, uint32_t dtype, uint64_t r, uint
     for (int j = 0; j < kBlock; ++j) v[j] = widen(e[j], dtype);
 }
 
-// load_unit for a dtype known at compile time: the aligned whole-block case unpacks each 32-bit word
-// straight into its one or two f32 values (Elem::unpack: a shift or a mask for bf16), half the
-// instructions of the run-time-dtype path; every other case is load_unit itself.
+// max with NaN propagation (PTX max.NaN, sm_80+): one instruction where fmaxf would drop a NaN, so a
+// single maximum over |x| tells whether any element was NaN or Inf.
+__device__ inline float max_nan(float a, float b) {
+    float r;
+    asm("max.NaN.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
+    return r;
+}
+
+// sm_86+ takes the maximum of |x| over a pair of 16-bit floats in one instruction
+// (max.NaN.xorsign.abs.{bf16x2,f16x2}: magnitudes compared, signs xored, any NaN gives NaN).
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 860
+#define NVFP4_PAIR_MAX 1
+#else
+#define NVFP4_PAIR_MAX 0
+#endif
+
+#if NVFP4_PAIR_MAX
 template <uint32_t DT>
-__device__ inline void load_unit_t(const void *x, uint64_t r, uint64_t b, uint64_t cols, float v[kBlock]) {
+__device__ inline uint32_t pair_max_abs(uint32_t a, uint32_t b) {
+    uint32_t r;
+    if (DT == NVFP4_DTYPE_BF16) {
+        asm("max.NaN.xorsign.abs.bf16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
+    } else {
+        asm("max.NaN.xorsign.abs.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
+    }
+    return r;
+}
+#endif
+
+// load_unit for a dtype known at compile time, also returning m, the NaN-propagating maximum of |x|
+// over the block (NaN when any element is NaN, else the largest magnitude, Inf included). The aligned
+// whole-block case unpacks each 32-bit word straight into its one or two f32 values (Elem::unpack: a
+// shift or a mask for bf16), half the instructions of the run-time-dtype path, and on sm_86+ takes a
+// 16-bit block's maximum over the packed words, eight pairs in seven instructions, before widening;
+// every other case is load_unit itself. Both maxima are exact: a maximum only selects.
+template <uint32_t DT, typename I>
+__device__ inline float load_unit_t(const void *x, I r, I b, I cols, float v[kBlock]) {
     using E = Elem<DT>;
-    const uint64_t c0 = b * kBlock;
-    const char *p = static_cast<const char *>(x) + (r * cols + c0) * sizeof(typename E::T);
+    const I c0 = b * kBlock;
+    const char *p = static_cast<const char *>(x) + (uint64_t)(r * cols + c0) * sizeof(typename E::T);
     if (c0 + kBlock <= cols && ((uintptr_t)p & 15) == 0) {
         constexpr int nvec = kBlock / (4 * E::per_word);
         const uint4 *vp = reinterpret_cast<const uint4 *>(p);
@@ -208,17 +247,23 @@ __device__ inline void load_unit_t(const void *x, uint64_t r, uint64_t b, uint64
             E::unpack(q[i].z, o + 2 * E::per_word);
             E::unpack(q[i].w, o + 3 * E::per_word);
         }
+#if NVFP4_PAIR_MAX
+        if (DT != NVFP4_DTYPE_F32) {
+            // A tree over the eight words; the xored signs are dropped by the |.| of the last step.
+            const uint32_t m01 = pair_max_abs<DT>(pair_max_abs<DT>(q[0].x, q[0].y), pair_max_abs<DT>(q[0].z, q[0].w));
+            const uint32_t m23 = pair_max_abs<DT>(pair_max_abs<DT>(q[1].x, q[1].y), pair_max_abs<DT>(q[1].z, q[1].w));
+            float h[2];
+            E::unpack(pair_max_abs<DT>(m01, m23), h);
+            return max_nan(fabsf(h[0]), fabsf(h[1]));
+        }
+#endif
     } else {
         load_unit(x, DT, r, b, cols, v);
     }
-}
-
-// max with NaN propagation (PTX max.NaN, sm_80+): one instruction where fmaxf would drop a NaN, so a
-// single maximum over |x| tells whether any element was NaN or Inf.
-__device__ inline float max_nan(float a, float b) {
-    float r;
-    asm("max.NaN.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
-    return r;
+    float m = 0.0f;
+#pragma unroll
+    for (int j = 0; j < kBlock; ++j) m = max_nan(m, fabsf(v[j]));
+    return m;
 }
 
 __device__ inline bool is_finite_nonneg_or_nan(float m) { return (__float_as_uint(m) & 0x7FFFFFFFu) < 0x7F800000u; }
@@ -484,13 +529,70 @@ __device__ inline bool fast_block(float m, float d) {
            d <= 0x1p100f && __fmul_rn(m, 0x1p-100f) <= d;
 }
 
-// One unit (16 elements already loaded): scale byte, codes, stores.
-__device__ inline void quantize_unit(const nvfp4_quantize_params &p, const UnitWalk &w, const float v[kBlock],
-                                     uint64_t block_cols, float s2, float s6, const FastDiv &f6, bool codes_vec) {
-    // One NaN-propagating max over |x|: when it is finite, it is the block's finite maximum too.
-    float m = 0.0f;
-#pragma unroll
-    for (int j = 0; j < kBlock; ++j) m = max_nan(m, fabsf(v[j]));
+// sm_89+ converts f32 to E4M3 (cvt.rn.satfinite.e4m3x2.f32) and E4M3 to f16 (cvt.rn.f16x2.e4m3x2) in
+// hardware: one instruction each where the integer codecs take about 30.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+#define NVFP4_CVT_E4M3 1
+#else
+#define NVFP4_CVT_E4M3 0
+#endif
+
+// nvfp4_scale_byte_of_quotient for the quantize kernel, where s = bmax / (6 * s2) is +0 or more, +Inf
+// or NaN (bmax >= 0; the host rejects a negative or non-finite given scale, and a derived one is >= 0).
+// On that domain the rules are: 0 or NaN -> 1.0, the clamp's lower bound 2^-9, then the cap at 448 and
+// E4M3 round to nearest even. The hardware conversion's satfinite is that cap: every s above 448
+// (+Inf included) gives 448, and below it the conversion rounds to nearest even, subnormals included.
+__device__ inline uint32_t scale_byte(float s, uint32_t clamp_scale) {
+#if NVFP4_CVT_E4M3
+    if (s == 0.0f || nvfp4_is_nan(s)) s = 1.0f;
+    if (clamp_scale) s = fmaxf(s, 0x1p-9f);
+    unsigned short r;
+    asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(r) : "f"(0.0f), "f"(s));  // s -> the low byte
+    return r & 0xFFu;
+#else
+    return nvfp4_scale_byte_of_quotient(s, clamp_scale);
+#endif
+}
+
+// nvfp4_e4m3_decode of a byte scale_byte wrote (never the NaN 0x7F): through f16, which holds every
+// E4M3 value exactly, as a normal number or zero.
+__device__ inline float scale_decode(uint32_t sf) {
+#if NVFP4_CVT_E4M3
+    uint32_t h;
+    asm("cvt.rn.f16x2.e4m3x2 %0, %1;" : "=r"(h) : "h"((unsigned short)sf));
+    return __half2float(__ushort_as_half((unsigned short)(h & 0xFFFFu)));
+#else
+    return nvfp4_e4m3_decode(sf);
+#endif
+}
+
+// What every unit of a launch shares: the global scale s2, s6 = 6 * s2 and its fast reciprocal, and the
+// bounds [lo, hi] on bmax inside which bmax / s6 takes the fast quotient (see quantize_unit).
+struct LaunchScale {
+    float s2, s6, lo, hi;
+    FastDiv f6;
+};
+
+__device__ inline LaunchScale launch_scale(const nvfp4_quantize_params &p) {
+    LaunchScale c;
+    c.s2 = launch_global_scale(p);
+    c.s6 = __fmul_rn(6.0f, c.s2);
+    c.f6 = fast_div(c.s6);
+    // fast_block(bmax, s6) && bmax >= s6 * 2^-32, with the s6-only tests done once: s6 in [2^-68, 2^100],
+    // and bmax * 2^-100 <= s6 as bmax <= s6 * 2^100. Both products are exact (s6 * 2^-32 >= 2^-100 is
+    // normal) or overflow to +Inf where s6 >= 2^28, and there every finite bmax passes either form.
+    const bool ok = c.s6 >= 0x1p-68f && c.s6 <= 0x1p100f;
+    c.lo = ok ? __fmul_rn(c.s6, 0x1p-32f) : INFINITY;
+    c.hi = ok ? __fmul_rn(c.s6, 0x1p100f) : 0.0f;
+    return c;
+}
+
+// One unit (16 elements already loaded, m their NaN-propagating maximum of |x|): scale byte, codes,
+// stores.
+template <typename I>
+__device__ inline void quantize_unit(const nvfp4_quantize_params &p, const UnitWalkT<I> &w, const float v[kBlock],
+                                     float m, I block_cols, const LaunchScale &c, bool codes_vec) {
+    // When m is finite it is the block's finite maximum too.
     float bmax = m;
     if ((__float_as_uint(m) & 0x7F800000u) == 0x7F800000u) {
         bmax = 0.0f;
@@ -500,10 +602,10 @@ __device__ inline void quantize_unit(const nvfp4_quantize_params &p, const UnitW
     // s = bmax / (6 * s2) through the same exact fast quotient when s >= ~2^-32 (normal operands,
     // quotient and residual), or bmax = 0 (exact); else the division, because a tiny s must come out
     // exactly: one that underflows to 0 becomes 1.0 below.
-    const bool s_fast = bmax == 0.0f || (bmax >= __fmul_rn(s6, 0x1p-32f) && fast_block(bmax, s6));
-    const float s = s_fast ? fast_quotient(f6, bmax) : __fdiv_rn(bmax, s6);
-    const uint32_t sf = nvfp4_scale_byte_of_quotient(s, p.clamp_scale);
-    const float d = __fmul_rn(nvfp4_e4m3_decode(sf), s2);
+    const bool s_fast = bmax == 0.0f || (bmax >= c.lo && bmax <= c.hi);
+    const float s = s_fast ? fast_quotient(c.f6, bmax) : __fdiv_rn(bmax, c.s6);
+    const uint32_t sf = scale_byte(s, p.clamp_scale);
+    const float d = __fmul_rn(scale_decode(sf), c.s2);
     // Element j's code goes to bits 4j..4j+3: little-endian, that puts element 2i in the low nibble
     // of byte i and element 2i+1 in its high nibble (nvfp4-format.md §0.4).
     uint64_t codes = 0;
@@ -514,14 +616,25 @@ __device__ inline void quantize_unit(const nvfp4_quantize_params &p, const UnitW
 #pragma unroll
         for (int j = 0; j < kBlock; ++j) codes |= (uint64_t)nvfp4_quantize_element(v[j], d, p.zero_sign) << (4 * j);
     }
-    uint8_t *cp = p.codes + w.row * (p.cols_padded / 2) + w.col * (kBlock / 2);
+    uint8_t *cp = p.codes + (w.row * (I)(p.cols_padded / 2) + w.col * (I)(kBlock / 2));
     if (codes_vec) {
         *reinterpret_cast<unsigned long long *>(cp) = codes;
     } else {
 #pragma unroll
         for (int i = 0; i < kBlock / 2; ++i) cp[i] = (uint8_t)(codes >> (8 * i));
     }
-    p.scales[scale_offset(p.scale_layout, w.row, w.col, block_cols)] = (uint8_t)sf;
+    p.scales[scale_offset<I>(p.scale_layout, w.row, w.col, block_cols)] = (uint8_t)sf;
+}
+
+template <uint32_t DT, typename I>
+__device__ inline void quantize_walk(const nvfp4_quantize_params &p, const LaunchScale &c) {
+    const I block_cols = (I)(p.cols_padded / kBlock);
+    const bool codes_vec = ((uintptr_t)p.codes & 7) == 0;
+    for (UnitWalkT<I> w((I)p.rows, block_cols); w.valid(); w.next()) {
+        float v[kBlock];
+        const float m = load_unit_t<DT, I>(p.x, w.row, w.col, (I)p.cols, v);
+        quantize_unit<I>(p, w, v, m, block_cols, c, codes_vec);
+    }
 }
 
 // One unit per trip. Measured slower on the H100 at 8192 x 8192 bf16 (blocks only, 91 us):
@@ -530,17 +643,18 @@ __device__ inline void quantize_unit(const nvfp4_quantize_params &p, const UnitW
 //   ncu: 0.74 instructions issued per scheduler cycle and 3.7 of 10.9 cycles between a warp's
 //   instructions spent eligible but not selected, DRAM 41%. The kernel is bound by instruction issue,
 //   not by bytes in flight, and the ring only added instructions.
+// A launch whose padded tensor (rows and scale columns padded to the 128x4 tiles) has fewer than 2^31
+// elements walks with 32-bit indices (block-uniform choice): every index and offset then fits, and
+// the walk, the addresses and the swizzle cost half the instructions. Larger tensors take 64 bits.
 template <uint32_t DT>
 __device__ inline void quantize_impl(const nvfp4_quantize_params &p) {
-    const uint64_t block_cols = p.cols_padded / kBlock;
-    const float s2 = launch_global_scale(p);
-    const float s6 = __fmul_rn(6.0f, s2);
-    const FastDiv f6 = fast_div(s6);
-    const bool codes_vec = ((uintptr_t)p.codes & 7) == 0;
-    for (UnitWalk w(p.rows, block_cols); w.valid(); w.next()) {
-        float v[kBlock];
-        load_unit_t<DT>(p.x, w.row, w.col, p.cols, v);
-        quantize_unit(p, w, v, block_cols, s2, s6, f6, codes_vec);
+    const LaunchScale c = launch_scale(p);
+    const uint64_t padded =
+        nvfp4_swizzle_padded_rows(p.rows) * nvfp4_swizzle_padded_cols(p.cols_padded / kBlock) * kBlock;
+    if (padded < (1ull << 31)) {
+        quantize_walk<DT, uint32_t>(p, c);
+    } else {
+        quantize_walk<DT, uint64_t>(p, c);
     }
 }
 

@@ -192,8 +192,15 @@ NVFP4_HD uint64_t nvfp4_swizzle_padded_rows(uint64_t rows) { return (rows + 127)
 // is 512 bytes viewed as [32 lines][4 row-groups][4 columns]: row r of the tile is 16-byte line r % 32,
 // 4-byte slot r / 32, so the scales of rows r, r+32, r+64, r+96 are adjacent. Tiles are ordered with the
 // K-tile index fastest: Cp/4 tiles of 512 bytes per 128 rows.
-NVFP4_HD uint64_t nvfp4_swizzled_offset(uint64_t r, uint64_t c, uint64_t padded_cols) {
+// I is the index type: uint64_t in general, uint32_t where the caller knows the padded tensor fits it
+// (the quantize kernel's 32-bit walk), which halves the instructions.
+template <typename I>
+NVFP4_HD I nvfp4_swizzled_offset_t(I r, I c, I padded_cols) {
     return (r / 128) * (padded_cols / 4) * 512 + (c / 4) * 512 + (r % 32) * 16 + ((r % 128) / 32) * 4 + (c % 4);
+}
+
+NVFP4_HD uint64_t nvfp4_swizzled_offset(uint64_t r, uint64_t c, uint64_t padded_cols) {
+    return nvfp4_swizzled_offset_t<uint64_t>(r, c, padded_cols);
 }
 
 #endif  // NVFP4_COMMON_CODECS_CUH

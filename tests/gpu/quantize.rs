@@ -212,6 +212,72 @@ fn gpu_quantize_near_e2m1_thresholds_match_cpu() {
     }
 }
 
+/// Block scales on, and a few ulps around, every rounding boundary of E4M3: each midpoint between two
+/// neighbouring E4M3 values (a tie, to even), the subnormal ties below 2^-9 that the clamp lifts or
+/// that round to 0 without it, and the saturation region past 448. The global scale makes 6 * s2 a
+/// power of two, so the block maximum divided by it is exactly the quotient placed there. On sm_89+
+/// the kernel encodes and decodes the scale with the hardware E4M3 conversions rather than the integer
+/// codec; this is where a rounding difference between the two would show.
+#[test]
+fn gpu_quantize_scale_ties_match_cpu() {
+    let Some(dev) = device("gpu_quantize_scale_ties_match_cpu") else {
+        return;
+    };
+    let stream = dev.new_stream().unwrap();
+    let seed = Rng::fresh_seed();
+    let mut rng = Rng::new(seed);
+    let step = |x: f32, k: i32| -> f32 {
+        let b = x.to_bits() as i64 + k as i64;
+        f32::from_bits(b.clamp(0, 0x7F7F_FFFF) as u32)
+    };
+    let e4m3 = nvfp4::format::e4m3::decode_f32;
+    let mut quotients: Vec<f32> = (0u8..0x7E).map(|b| (e4m3(b) + e4m3(b + 1)) / 2.0).collect();
+    quotients.extend([
+        2f32.powi(-11),
+        3.0 * 2f32.powi(-11),
+        2f32.powi(-12),
+        448.0,
+        456.0,
+        464.0,
+        480.0,
+        1e6,
+    ]);
+    for k in [-20, -3, 0, 5, 20] {
+        let s2 = (1.0f32 / 3.0) * 2f32.powi(k);
+        let s6 = 6.0 * s2;
+        assert_eq!(
+            s6.to_bits() & 0x7F_FFFF,
+            0,
+            "6 * s2 = {s6:e} is not a power of two"
+        );
+        let mut host = Vec::new();
+        for &q in &quotients {
+            for off in -2..=2 {
+                let bmax = step(q, off) * s6;
+                host.push(bmax);
+                for _ in 1..16 {
+                    let sign = if rng.next_u64() % 2 == 0 { 1.0 } else { -1.0 };
+                    host.push(sign * bmax * rng.uniform());
+                }
+            }
+        }
+        let rows = host.len() / 16;
+        for clamp_scale in [true, false] {
+            let opts = QuantizeOptions {
+                global_scale: GlobalScale::Given(s2),
+                clamp_scale,
+                ..Default::default()
+            };
+            let what = format!("seed {seed} s2 {s2:e} scale ties {opts:?}");
+            check_quantize(&dev, &stream, &host, rows, 16, &opts, &format!("{what} f32"));
+            let b: Vec<bf16> = convert(&host);
+            check_quantize(&dev, &stream, &b, rows, 16, &opts, &format!("{what} bf16"));
+            let h: Vec<f16> = convert(&host);
+            check_quantize(&dev, &stream, &h, rows, 16, &opts, &format!("{what} f16"));
+        }
+    }
+}
+
 #[test]
 fn gpu_quantize_special_values_match_cpu() {
     let Some(dev) = device("gpu_quantize_special_values_match_cpu") else {
