@@ -17,20 +17,24 @@
 // hold 4 blocks, 1024 threads: half the 2048-thread maximum, and with 32-64 bytes in flight per thread
 // that is 32-64 KiB of loads per SM, more than the ~20 KiB that HBM3's bandwidth-latency product
 // needs (3.35 TB/s x ~800 ns / 132 SMs). ptxas (CUDA 13.0) reports, sm_80 / sm_90a / sm_100a / sm_120f:
-//   nvfp4_quantize 56 / 56 / 48 / 48, nvfp4_dequantize 40 / 40 / 40 / 40, nvfp4_amax 47 / 47 / 56 / 56,
+//   nvfp4_quantize 58 / 48 / 56 / 56, nvfp4_dequantize 40 / 40 / 40 / 40, nvfp4_amax 47 / 47 / 56 / 56,
 //   nvfp4_scale_layout 26 / 26 / 26 / 26, nvfp4_global_scale 12 / 12 / 12 / 13; 0 bytes spilled.
-// The quantize block kernel was bound by instruction issue (ncu, H100: 0.90 warps issued per scheduler
-// cycle, DRAM 26%): about 48 instructions per element, of them a reciprocal, five FMAs, a range check
-// and a convergence barrier for the division, and 23 for the seven-comparison E2M1 encode. Now each
-// element costs a multiply and two FMAs (FastDiv) and an integer encode (e2m1_mag), about 17 in all,
-// the dtype is a template parameter of the aligned load, and the host caps the grid at 16 blocks per SM
-// so the walk's setup is shared by several units: 155 -> 91 us at 8192 x 8192 bf16 (2026-12-07, H100),
-// DRAM 45%, issue 0.68. Then the E2M1 encode went from 8 to 6 instructions (one add, five integer),
-// the MODELOPT sign from two comparisons to one where d < 2, and the global scale is derived inside
-// this kernel (no nvfp4_global_scale launch): 81 us blocks only, 134 us with the amax pass (H100, same
-// day). Still issue-bound at 4 blocks per SM (see quantize_impl for what measured slower). dequantize ~2.5 TB/s (bf16 out). amax, with four
-// 16-byte loads in flight per thread (2026-11-25, H100):
-// 2.06 TB/s of input at 8192 x 8192 bf16 (65 us with global_scale, was 79), 2.72 TB/s at 28672 x 8192.
+// The quantize block kernel is bound by instruction issue (ncu, H100: time scales with the SM clock,
+// DRAM 26-51%), so its history is one of instructions cut per 16-element unit:
+// - 48 per element at first: a division each (reciprocal, five FMAs, a range check, a convergence
+//   barrier) and 23 instructions of seven-comparison E2M1 encode. FastDiv (a multiply and two FMAs)
+//   and the integer encode e2m1_mag, a compile-time dtype, a grid capped at 16 blocks per SM: 155 -> 91
+//   us at 8192 x 8192 bf16 (blocks only), DRAM 45%.
+// - A 6-instruction E2M1 encode, one comparison per sign under MODELOPT where d < 2, the global scale
+//   derived in this kernel (no nvfp4_global_scale launch): 81 us, 134 us with the amax pass; ncu 419
+//   warp instructions per unit.
+// - A 32-bit walk where the padded tensor has fewer than 2^31 elements, the hardware E4M3 conversions
+//   for the scale byte and its decode (sm_89+), the 16-bit block maximum over packed pairs (sm_86+) and
+//   the launch-constant half of the fast-quotient range test hoisted: 344 warp instructions per unit
+//   (ncu), 67.6 us blocks only (0.87 of the copy), 119.3 us with the amax pass (0.88); 28672 x 8192:
+//   218.1 / 376.8 us (0.92 / 0.95). H100, 2026-12-07.
+// dequantize ~2.5 TB/s (bf16 out). amax, with four 16-byte loads in flight per thread (full minus
+// blocks-only time, memsets included): ~2.6 TB/s of input at 8192 x 8192 bf16, ~3.0 TB/s at 28672 x 8192.
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
