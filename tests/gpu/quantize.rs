@@ -137,6 +137,12 @@ dtype_tests!(quantize_long_walks_for(6144);
     gpu_quantize_long_walks_match_cpu_f32 => f32,
 );
 
+/// x moved by k ulps (k < 0 towards zero), kept within the finite non-negative f32 range.
+fn ulps(x: f32, k: i32) -> f32 {
+    let b = x.to_bits() as i64 + k as i64;
+    f32::from_bits(b.clamp(0, 0x7F7F_FFFF) as u32)
+}
+
 /// Elements placed on and a few ulps around every E2M1 rounding threshold of their block, in quotient
 /// space (x = t * d, d the block's decode scale as the CPU computes it), over global scales from 2^-80
 /// to 2^90, so blocks on both sides of the kernel's fast-quotient range guard are hit; plus subnormal
@@ -151,10 +157,6 @@ fn gpu_quantize_near_e2m1_thresholds_match_cpu() {
     let seed = Rng::fresh_seed();
     let mut rng = Rng::new(seed);
     let thresholds = [0.25f32, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, 6.0, 0.5, 1.0];
-    let step = |x: f32, k: i32| -> f32 {
-        let b = x.to_bits() as i64 + k as i64;
-        f32::from_bits(b.clamp(0, 0x7F7F_FFFF) as u32)
-    };
     let blocks = if under_sanitizer() { 64 } else { 2048 };
     for _ in 0..12 {
         let s2 = 2f32.powi((rng.next_u64() % 171) as i32 - 80) * (1.0 + rng.uniform());
@@ -180,10 +182,10 @@ fn gpu_quantize_near_e2m1_thresholds_match_cpu() {
                         *x = if j == 15 {
                             // Near the zero-sign boundary: d * 2^-150, in subnormal steps.
                             let z = (d as f64 * 2f64.powi(-150)) as f32;
-                            sign * step(z, (rng.next_u64() % 7) as i32 - 3)
+                            sign * ulps(z, (rng.next_u64() % 7) as i32 - 3)
                         } else {
                             let t = thresholds[(rng.next_u64() % thresholds.len() as u64) as usize];
-                            sign * step(t * d, (rng.next_u64() % 9) as i32 - 4).min(bmax)
+                            sign * ulps(t * d, (rng.next_u64() % 9) as i32 - 4).min(bmax)
                         };
                     }
                     host.extend_from_slice(&block);
@@ -226,10 +228,6 @@ fn gpu_quantize_scale_ties_match_cpu() {
     let stream = dev.new_stream().unwrap();
     let seed = Rng::fresh_seed();
     let mut rng = Rng::new(seed);
-    let step = |x: f32, k: i32| -> f32 {
-        let b = x.to_bits() as i64 + k as i64;
-        f32::from_bits(b.clamp(0, 0x7F7F_FFFF) as u32)
-    };
     let e4m3 = nvfp4::format::e4m3::decode_f32;
     let mut quotients: Vec<f32> = (0u8..0x7E).map(|b| (e4m3(b) + e4m3(b + 1)) / 2.0).collect();
     quotients.extend([
@@ -253,7 +251,7 @@ fn gpu_quantize_scale_ties_match_cpu() {
         let mut host = Vec::new();
         for &q in &quotients {
             for off in -2..=2 {
-                let bmax = step(q, off) * s6;
+                let bmax = ulps(q, off) * s6;
                 host.push(bmax);
                 for _ in 1..16 {
                     let sign = if rng.next_u64() % 2 == 0 { 1.0 } else { -1.0 };
