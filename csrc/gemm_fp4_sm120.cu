@@ -44,6 +44,7 @@
 #include <cuda_fp16.h>
 #include <stdint.h>
 
+#include "common/cp_async.cuh"
 #include "common/mma_fp4.cuh"
 #include "nvfp4.h"
 
@@ -92,30 +93,6 @@ struct Stage {
 
 // Byte offset of 16-byte chunk `c` (0..1) of tile row `r`: the XOR swizzle described above.
 __device__ __forceinline__ int chunk_offset(int r, int c) { return r * ROW_BYTES + ((c ^ ((r >> 2) & 1)) << 4); }
-
-__device__ __forceinline__ uint32_t smem_addr(const void *p) {
-    return (uint32_t)__cvta_generic_to_shared(p);
-}
-
-// cp.async of `bytes` (8 or 16) with zero fill: copies `src_bytes` (0 or `bytes`) and zeroes the rest.
-template <int BYTES>
-__device__ __forceinline__ void cp_async(void *dst, const void *src, bool valid) {
-    const int src_bytes = valid ? BYTES : 0;
-    if constexpr (BYTES == 16) {
-        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
-                     "r"(src_bytes));
-    } else {
-        asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;\n" ::"r"(smem_addr(dst)), "l"(src),
-                     "n"(BYTES), "r"(src_bytes));
-    }
-}
-
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
 
 __device__ __forceinline__ void ldmatrix_x4(uint32_t &r0, uint32_t &r1, uint32_t &r2, uint32_t &r3,
                                             const void *p) {

@@ -22,6 +22,16 @@ fn choose(cc: (u32, u32), spec: &GemmSpec) -> nvfp4::Result<GemmChoice> {
     choose_kernel(cc, spec, &no_blas())
 }
 
+/// The kernel W4A16 takes on sm_90 above M = 32 without cuBLAS (K a multiple of 64): the wgmma kernel's
+/// tile for M where this build has sm_90a code, else the 64-row mma.sync kernel.
+fn hopper_tile(m: usize) -> GemmKernel {
+    if nvfp4::cuda::TARGETS.contains(&"sm_90a") {
+        GemmKernel::wgmma_for(m)
+    } else {
+        GemmKernel::M64
+    }
+}
+
 fn fp4(backend: Fp4Backend, tile: Fp4Tile) -> GemmRoute {
     GemmRoute::Fp4TensorCore { backend, tile }
 }
@@ -268,10 +278,24 @@ fn large_m_takes_dequantize_cublas_where_the_cost_model_says_so() {
                         assert_eq!(c.route, GemmRoute::Dequantize(GemmKernel::M16), "{}", c.reason);
                         assert!(!c.reason.contains("cuBLAS"), "{}", c.reason);
                     }
-                    // Prefill-sized M on every layer of the sweep: cuBLAS.
+                    // Prefill-sized M on every layer of the sweep: cuBLAS, but on sm_90 W4A16 up to
+                    // M = 128 keeps the wgmma kernel (and may at M = 1024, the crossover).
+                    let hopper = cc == (9, 0) && matches!(op, GemmOp::W4A16(_));
                     for &(n, k) in &SWEEP {
                         for m in [65, 128, 1024, 4096] {
                             let c = choose_kernel(cc, &spec(m, n, k), &BLAS).unwrap();
+                            if hopper && m <= 128 && hopper_tile(m) != GemmKernel::M64 {
+                                let want = GemmRoute::Dequantize(hopper_tile(m));
+                                assert_eq!(c.route, want, "{op:?} M={m} {n}x{k}: {}", c.reason);
+                                assert!(c.reason.contains("wgmma"), "{}", c.reason);
+                                assert!(c.reason.contains("not taken (estimated"), "{}", c.reason);
+                                continue;
+                            }
+                            if hopper && m == 1024 && matches!(c.route, GemmRoute::Dequantize(_)) {
+                                // Near the crossover the estimates are within a few percent.
+                                assert!(c.reason.contains("wgmma"), "{}", c.reason);
+                                continue;
+                            }
                             assert_eq!(c.route, cublas(want), "{op:?} {cc:?} M={m} {n}x{k}: {}", c.reason);
                             let r = &c.reason;
                             assert!(r.contains("dequantize + cuBLAS"), "{r}");
@@ -293,10 +317,11 @@ fn large_m_takes_dequantize_cublas_where_the_cost_model_says_so() {
 fn the_cost_model_keeps_w4a16_on_mma_sync_only_for_the_largest_layers_up_to_m_64() {
     // What choose_kernel's documentation states, from the H100 sweep: W4A16 (bf16 out, no bias) keeps the
     // 64-row kernel at M = 33..64 on 8192², 8192x28672 and 28672x8192 and nowhere else; W4A4 never.
+    // (On sm_80; sm_90 has the wgmma kernel, below.)
     let big = [(8192, 8192), (28672, 8192), (8192, 28672)];
     for &(n, k) in &SWEEP {
         for m in [33, 48, 64] {
-            let c = choose_kernel((9, 0), &GemmSpec::w4a16(m, n, k), &BLAS).unwrap();
+            let c = choose_kernel((8, 0), &GemmSpec::w4a16(m, n, k), &BLAS).unwrap();
             if big.contains(&(n, k)) {
                 assert_eq!(
                     c.route,
@@ -319,6 +344,75 @@ fn the_cost_model_keeps_w4a16_on_mma_sync_only_for_the_largest_layers_up_to_m_64
 }
 
 #[test]
+fn w4a16_on_sm90_takes_the_wgmma_kernel_above_m_32_where_k_allows() {
+    if hopper_tile(64) == GemmKernel::M64 {
+        eprintln!("SKIPPED: this build has no sm_90a code (NVFP4_CUDA_ARCHS), so no wgmma kernel");
+        return;
+    }
+    for &(n, k) in &SWEEP {
+        for (m, tile) in [
+            (33, GemmKernel::Wg64),
+            (64, GemmKernel::Wg64),
+            (100, GemmKernel::Wg128),
+        ] {
+            for act in [Dtype::Bf16, Dtype::F16] {
+                let spec = GemmSpec {
+                    op: GemmOp::W4A16(act),
+                    ..GemmSpec::w4a16(m, n, k)
+                };
+                let c = choose_kernel((9, 0), &spec, &BLAS).unwrap();
+                assert_eq!(
+                    c.route,
+                    GemmRoute::Dequantize(tile),
+                    "{n}x{k} M={m}: {}",
+                    c.reason
+                );
+                let sym = if act == Dtype::Bf16 {
+                    "sm90_bf16"
+                } else {
+                    "sm90_f16"
+                };
+                assert!(c.reason.contains(sym), "{}", c.reason);
+                assert!(
+                    c.reason.contains("on sm_90 with K a multiple of 64"),
+                    "{}",
+                    c.reason
+                );
+            }
+        }
+    }
+    // K not a multiple of 64: the 64-row kernel, saying why.
+    let c = choose_kernel((9, 0), &GemmSpec::w4a16(100, 4096, 4160 + 32), &no_blas()).unwrap();
+    assert_eq!(c.route, GemmRoute::Dequantize(GemmKernel::M64), "{}", c.reason);
+    assert!(c.reason.contains("not a multiple of 64"), "{}", c.reason);
+    // Not on other GPUs, and a forced wgmma tile there is a typed error.
+    let c = choose_kernel((8, 0), &GemmSpec::w4a16(100, 4096, 4096), &no_blas()).unwrap();
+    assert_eq!(c.route, GemmRoute::Dequantize(GemmKernel::M64), "{}", c.reason);
+    let forced = GemmSpec {
+        kernel: Some(GemmKernel::Wg128),
+        ..GemmSpec::w4a16(100, 4096, 4096)
+    };
+    for cc in [(8, 0), (10, 0), (12, 0)] {
+        let e = choose_kernel(cc, &forced, &BLAS).unwrap_err();
+        assert!(matches!(e, Error::UnsupportedArch { .. }), "{cc:?}: {e}");
+    }
+    assert_eq!(
+        choose_kernel((9, 0), &forced, &BLAS).unwrap().route,
+        GemmRoute::Dequantize(GemmKernel::Wg128)
+    );
+    // W4A4 has no wgmma kernel: forcing one is refused.
+    let w4a4 = GemmSpec {
+        kernel: Some(GemmKernel::Wg64),
+        ..GemmSpec::w4a4(100, 4096, 4096)
+    };
+    let e = choose_kernel((9, 0), &w4a4, &BLAS).unwrap_err();
+    assert!(
+        matches!(&e, Error::InvalidValue { name, .. } if name == "kernel"),
+        "{e}"
+    );
+}
+
+#[test]
 fn without_cublas_large_m_falls_back_to_mma_sync_with_the_reason() {
     let why = CublasAvailability::Unavailable("libcublas.so.13: cannot open shared object file".into());
     for spec in [
@@ -326,7 +420,11 @@ fn without_cublas_large_m_falls_back_to_mma_sync_with_the_reason() {
         GemmSpec::w4a4(4096, 8192, 8192),
     ] {
         let c = choose_kernel((9, 0), &spec, &why).unwrap();
-        assert_eq!(c.route, GemmRoute::Dequantize(GemmKernel::M64), "{}", c.reason);
+        let want = match spec.op {
+            GemmOp::W4A4 => GemmKernel::M64,
+            GemmOp::W4A16(_) => hopper_tile(spec.m),
+        };
+        assert_eq!(c.route, GemmRoute::Dequantize(want), "{}", c.reason);
         let r = &c.reason;
         assert!(r.contains("would be faster here"), "{r}");
         assert!(
@@ -452,7 +550,7 @@ fn the_cublas_override_forces_forbids_and_refuses_conflicts() {
         ..large
     };
     let c = choose_kernel((9, 0), &forbid, &BLAS).unwrap();
-    assert_eq!(c.route, GemmRoute::Dequantize(GemmKernel::M64), "{}", c.reason);
+    assert_eq!(c.route, GemmRoute::Dequantize(hopper_tile(4096)), "{}", c.reason);
     assert!(c.reason.contains("forbidden by the caller"), "{}", c.reason);
     let forbid_small = GemmSpec {
         cublas: Some(false),

@@ -11,7 +11,9 @@
 #   (b) ptxas reported no register spill in any function;
 #   (c) if a kernel named *sm120* exists, its fatbin's sm_120 image really uses the block-scaled FP4
 #       tensor-core instruction: a SASS line with both OMMA and E2M1 (OMMA.SF.16864.F32.E2M1.E2M1...).
-#       Without that line the kernel silently took a non-MMA path (e.g. the emulation).
+#       Without that line the kernel silently took a non-MMA path (e.g. the emulation);
+#   (d) if a kernel named *sm90* exists and sm_90a is a target, every such kernel's sm_90a SASS holds the
+#       warpgroup MMA (HGMMA): a matrix kernel with only HMMA would be on the slower mma.sync path.
 # Prints each fatbin's size. cuobjdump comes from $CUDA_HOME, .cuda/stamp (tools/install-cuda.sh) or PATH.
 set -euo pipefail
 
@@ -103,6 +105,22 @@ for fb in "${fatbins[@]}"; do
     fi
 done
 [ "$mma_kernels" -eq 1 ] || echo "check-sass: skipped the OMMA/E2M1 check: no *sm120* kernel exists yet"
+
+# (d) the sm_90a warpgroup MMA, kernel by kernel.
+if printf '%s\n' "${targets[@]}" | grep -qxF sm_90a; then
+    for fb in "${fatbins[@]}"; do
+        names="$("$cuobjdump" -res-usage "$fb" | awk '/^ Function .*:$/{sub(":", "", $2); print $2}' | sort -u |
+            grep -i 'sm90' || true)"
+        [ -n "$names" ] || continue
+        for fn in $names; do
+            if "$cuobjdump" -sass -arch sm_90a -fun "$fn" "$fb" | grep -q 'HGMMA'; then
+                echo "check-sass: $(basename "$fb") sm_90a: HGMMA present in $fn"
+            else
+                fail "$(basename "$fb") sm_90a: no HGMMA in $fn"
+            fi
+        done
+    done
+fi
 
 if [ "$status" -eq 0 ]; then echo "check-sass: OK"; fi
 exit "$status"

@@ -37,6 +37,18 @@ pub enum KernelId {
     GemmW4a16F16,
     /// W4A4 tensor-core GEMM, 64 rows of M per block.
     GemmW4a4,
+    /// W4A16 wgmma GEMM (sm_90a, a trap elsewhere), bf16 activations, 64 rows of M and 128 of W per block.
+    GemmW4a16Sm90Bf16M64,
+    /// W4A16 wgmma GEMM (sm_90a, a trap elsewhere), bf16 activations, 128 rows of M and 128 of W per block.
+    GemmW4a16Sm90Bf16M128,
+    /// W4A16 wgmma GEMM (sm_90a, a trap elsewhere), bf16 activations, 256 rows of M and 128 of W per block.
+    GemmW4a16Sm90Bf16M256,
+    /// W4A16 wgmma GEMM (sm_90a, a trap elsewhere), f16 activations, 64 rows of M and 128 of W per block.
+    GemmW4a16Sm90F16M64,
+    /// W4A16 wgmma GEMM (sm_90a, a trap elsewhere), f16 activations, 128 rows of M and 128 of W per block.
+    GemmW4a16Sm90F16M128,
+    /// W4A16 wgmma GEMM (sm_90a, a trap elsewhere), f16 activations, 256 rows of M and 128 of W per block.
+    GemmW4a16Sm90F16M256,
     /// Position-weighted byte checksum (offload tests and benchmarks).
     Checksum,
     /// W4A4 NVFP4 GEMM on the sm_120 block-scaled FP4 tensor cores (emulated on sm_90a, a trap elsewhere).
@@ -53,7 +65,7 @@ pub enum KernelId {
 
 impl KernelId {
     /// Every kernel.
-    pub const ALL: [KernelId; 19] = [
+    pub const ALL: [KernelId; 25] = [
         KernelId::Amax,
         KernelId::GlobalScale,
         KernelId::Quantize,
@@ -67,6 +79,12 @@ impl KernelId {
         KernelId::GemmW4a16Bf16,
         KernelId::GemmW4a16F16,
         KernelId::GemmW4a4,
+        KernelId::GemmW4a16Sm90Bf16M64,
+        KernelId::GemmW4a16Sm90Bf16M128,
+        KernelId::GemmW4a16Sm90Bf16M256,
+        KernelId::GemmW4a16Sm90F16M64,
+        KernelId::GemmW4a16Sm90F16M128,
+        KernelId::GemmW4a16Sm90F16M256,
         KernelId::Checksum,
         KernelId::GemmFp4Sm120,
         KernelId::GemmFp4SmallSm120,
@@ -91,6 +109,12 @@ impl KernelId {
             KernelId::GemmW4a16Bf16 => "nvfp4_gemm_w4a16_bf16",
             KernelId::GemmW4a16F16 => "nvfp4_gemm_w4a16_f16",
             KernelId::GemmW4a4 => "nvfp4_gemm_w4a4",
+            KernelId::GemmW4a16Sm90Bf16M64 => "nvfp4_gemm_w4a16_sm90_bf16_m64",
+            KernelId::GemmW4a16Sm90Bf16M128 => "nvfp4_gemm_w4a16_sm90_bf16_m128",
+            KernelId::GemmW4a16Sm90Bf16M256 => "nvfp4_gemm_w4a16_sm90_bf16_m256",
+            KernelId::GemmW4a16Sm90F16M64 => "nvfp4_gemm_w4a16_sm90_f16_m64",
+            KernelId::GemmW4a16Sm90F16M128 => "nvfp4_gemm_w4a16_sm90_f16_m128",
+            KernelId::GemmW4a16Sm90F16M256 => "nvfp4_gemm_w4a16_sm90_f16_m256",
             KernelId::Checksum => "nvfp4_checksum",
             KernelId::GemmFp4Sm120 => "nvfp4_gemm_fp4_sm120",
             KernelId::GemmFp4SmallSm120 => "nvfp4_gemm_fp4_small_sm120",
@@ -111,6 +135,12 @@ impl KernelId {
             KernelId::QuantError | KernelId::QuantErrorReduce => "quant_error",
             KernelId::GemvW4a16Bf16 | KernelId::GemvW4a16F16 | KernelId::GemvW4a4 => "gemv_w4a16",
             KernelId::GemmW4a16Bf16 | KernelId::GemmW4a16F16 | KernelId::GemmW4a4 => "gemm_w4a16",
+            KernelId::GemmW4a16Sm90Bf16M64
+            | KernelId::GemmW4a16Sm90Bf16M128
+            | KernelId::GemmW4a16Sm90Bf16M256
+            | KernelId::GemmW4a16Sm90F16M64
+            | KernelId::GemmW4a16Sm90F16M128
+            | KernelId::GemmW4a16Sm90F16M256 => "gemm_w4a16_sm90",
             KernelId::Checksum => "offload",
             KernelId::GemmFp4Sm120 | KernelId::GemmFp4SmallSm120 | KernelId::MmaProbeSm120 => {
                 "gemm_fp4_sm120"

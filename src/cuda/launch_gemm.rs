@@ -19,20 +19,34 @@ use super::memory::cuda;
 use crate::error::{Error, Result};
 use crate::format::{Dtype, Element};
 
-/// Threads per block of every GEMM kernel (4 warps of 16 output columns: 64 columns per block).
+/// Threads per block of the mma.sync GEMM kernels (4 warps of 16 output columns: 64 columns per block).
 const THREADS: u32 = 128;
-/// Output columns (rows of W) per block.
+/// Output columns (rows of W) per block of the mma.sync kernels.
 const BLOCK_N: usize = 64;
+/// Threads per block of the sm_90a wgmma kernels (two warpgroups of 64 rows of W each).
+const WG_THREADS: u32 = 256;
+/// Output columns per block of the sm_90a wgmma kernels.
+const WG_BLOCK_N: usize = 128;
 /// K elements per step of the kernels' main loop; K is split in whole steps.
 pub const STEP_K: usize = 128;
+/// K multiple the sm_90a wgmma kernels need: whole 64-wide tiles (csrc/gemm_w4a16_sm90.cu).
+pub const WGMMA_K: usize = 64;
 
-/// Rows of M a block computes: which of the two kernel bodies runs.
+/// Rows of M a block computes: which kernel body runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum GemmTile {
     /// One 16-row MMA tile (`nvfp4_gemv_*`): each weight is decoded once per 16 rows of M.
     M16,
     /// Four 16-row MMA tiles (`nvfp4_gemm_*`): each decoded weight feeds four MMAs.
     M64,
+    /// sm_90a only, W4A16 only, K a multiple of 64: the Hopper warpgroup-MMA kernel
+    /// (`nvfp4_gemm_w4a16_sm90_*_m64`, csrc/gemm_w4a16_sm90.cu) with 64 rows of M and 128 of W per
+    /// block: the weights decoded once per block into shared memory, multiplied by `wgmma`.
+    Wg64,
+    /// The same kernel with 128 rows of M per block.
+    Wg128,
+    /// The same kernel with 256 rows of M per block.
+    Wg256,
 }
 
 impl GemmTile {
@@ -40,7 +54,52 @@ impl GemmTile {
     pub const fn rows(self) -> usize {
         match self {
             GemmTile::M16 => 16,
-            GemmTile::M64 => 64,
+            GemmTile::M64 | GemmTile::Wg64 => 64,
+            GemmTile::Wg128 => 128,
+            GemmTile::Wg256 => 256,
+        }
+    }
+
+    /// Rows of W (output columns) per block.
+    pub const fn cols(self) -> usize {
+        if self.is_wgmma() { WG_BLOCK_N } else { BLOCK_N }
+    }
+
+    /// Whether this is one of the sm_90a wgmma kernels.
+    pub const fn is_wgmma(self) -> bool {
+        matches!(self, GemmTile::Wg64 | GemmTile::Wg128 | GemmTile::Wg256)
+    }
+
+    /// The smallest wgmma tile that covers `m` rows of M in one block row, or 256 rows beyond.
+    ///
+    /// ```
+    /// use nvfp4::cuda::launch_gemm::GemmTile;
+    /// assert_eq!(GemmTile::wgmma_for(33), GemmTile::Wg64);
+    /// assert_eq!(GemmTile::wgmma_for(4096), GemmTile::Wg256);
+    /// ```
+    pub const fn wgmma_for(m: usize) -> GemmTile {
+        if m <= 64 {
+            GemmTile::Wg64
+        } else if m <= 128 {
+            GemmTile::Wg128
+        } else {
+            GemmTile::Wg256
+        }
+    }
+
+    /// Threads per block.
+    const fn threads(self) -> u32 {
+        if self.is_wgmma() { WG_THREADS } else { THREADS }
+    }
+
+    /// Dynamic shared memory per block, bytes: the wgmma kernels' rings (`SmemLayout` in
+    /// csrc/gemm_w4a16_sm90.cu: two decoded 128x64 weight tiles, 4 activation slots of `rows()` x 128
+    /// bytes, 8 slots of codes and scales, and 1 KiB to align the base); the others use none.
+    pub const fn shared_bytes(self) -> u32 {
+        if self.is_wgmma() {
+            (2 * 128 * 128 + 4 * self.rows() * 128 + 8 * 128 * 32 + 8 * 128 * 4 + 1024) as u32
+        } else {
+            0
         }
     }
 }
@@ -96,6 +155,13 @@ impl GemmGeometry {
                 format!("M must be at most {} for this kernel", 65535 * tile.rows()),
             ));
         }
+        if tile.is_wgmma() && k % WGMMA_K != 0 {
+            return Err(Error::shape(
+                "GEMM [M, N, K]",
+                &shape,
+                format!("K must be a multiple of {WGMMA_K} for the sm_90a wgmma kernel {tile:?}"),
+            ));
+        }
         let steps = k.div_ceil(STEP_K);
         let wanted = splits.clamp(1, steps);
         let steps_per_split = steps.div_ceil(wanted);
@@ -112,7 +178,7 @@ impl GemmGeometry {
     /// The launch grid: (column blocks, row blocks, splits).
     pub fn grid(&self) -> (u32, u32, u32) {
         (
-            self.n.div_ceil(BLOCK_N) as u32,
+            self.n.div_ceil(self.tile.cols()) as u32,
             self.m.div_ceil(self.tile.rows()) as u32,
             self.splits as u32,
         )
@@ -217,6 +283,12 @@ pub fn w4a16_kernel(act: Dtype, tile: GemmTile) -> Result<KernelId> {
         (Dtype::F16, GemmTile::M16) => KernelId::GemvW4a16F16,
         (Dtype::Bf16, GemmTile::M64) => KernelId::GemmW4a16Bf16,
         (Dtype::F16, GemmTile::M64) => KernelId::GemmW4a16F16,
+        (Dtype::Bf16, GemmTile::Wg64) => KernelId::GemmW4a16Sm90Bf16M64,
+        (Dtype::Bf16, GemmTile::Wg128) => KernelId::GemmW4a16Sm90Bf16M128,
+        (Dtype::Bf16, GemmTile::Wg256) => KernelId::GemmW4a16Sm90Bf16M256,
+        (Dtype::F16, GemmTile::Wg64) => KernelId::GemmW4a16Sm90F16M64,
+        (Dtype::F16, GemmTile::Wg128) => KernelId::GemmW4a16Sm90F16M128,
+        (Dtype::F16, GemmTile::Wg256) => KernelId::GemmW4a16Sm90F16M256,
         (Dtype::F32, _) => {
             return Err(Error::invalid(
                 "A",
@@ -226,12 +298,39 @@ pub fn w4a16_kernel(act: Dtype, tile: GemmTile) -> Result<KernelId> {
     })
 }
 
-/// The W4A4 dequantize kernel for `tile`.
-pub fn w4a4_kernel(tile: GemmTile) -> KernelId {
+/// The W4A4 dequantize kernel for `tile`; the wgmma tiles are W4A16 only.
+pub fn w4a4_kernel(tile: GemmTile) -> Result<KernelId> {
     match tile {
-        GemmTile::M16 => KernelId::GemvW4a4,
-        GemmTile::M64 => KernelId::GemmW4a4,
+        GemmTile::M16 => Ok(KernelId::GemvW4a4),
+        GemmTile::M64 => Ok(KernelId::GemmW4a4),
+        GemmTile::Wg64 | GemmTile::Wg128 | GemmTile::Wg256 => Err(Error::invalid(
+            "kernel",
+            format!("{tile:?} is the sm_90a W4A16 wgmma kernel; W4A4 has no such kernel"),
+        )),
     }
+}
+
+/// Whether the device of compute capability `cc` can run the sm_90a wgmma kernels: an sm_90 GPU and a
+/// build whose fatbins hold sm_90a code (elsewhere the kernels are a trap).
+pub fn wgmma_for(cc: (u32, u32)) -> Result<()> {
+    if cc != (9, 0) {
+        return Err(Error::UnsupportedArch {
+            what: "the W4A16 wgmma GEMM (nvfp4_gemm_w4a16_sm90_*)".into(),
+            needed: "sm_90 (Hopper)".into(),
+            found: format!("sm_{}{}", cc.0, cc.1),
+        });
+    }
+    if !super::TARGETS.contains(&"sm_90a") {
+        return Err(Error::UnsupportedArch {
+            what: format!(
+                "the W4A16 wgmma GEMM (this build's targets are {:?}; build with sm_90a in NVFP4_CUDA_ARCHS)",
+                super::TARGETS
+            ),
+            needed: "sm_90a code in the fatbin".into(),
+            found: format!("sm_{}{}", cc.0, cc.1),
+        });
+    }
+    Ok(())
 }
 
 /// `out[M, N] = (A · Wᵀ) · alpha + bias` with both operands NVFP4 (`[M, K]` and `[N, K]`); alpha is the
@@ -247,7 +346,7 @@ pub fn w4a4<O: Element + DeviceRepr>(
     out: &mut CudaSlice<O>,
     ws: Option<SplitWorkspace<'_>>,
 ) -> Result<()> {
-    let kernel = w4a4_kernel(g.tile);
+    let kernel = w4a4_kernel(g.tile)?;
     check_fp4("A", g.m, g.k, &a)?;
     run::<u8, O>(dev, stream, kernel, g, Act::Fp4(a), w, bias, out, ws)
 }
@@ -282,6 +381,17 @@ fn run<A: DeviceRepr, O: Element + DeviceRepr>(
         return Ok(());
     }
     let f = dev.function(kernel)?;
+    if g.tile.is_wgmma() {
+        wgmma_for(dev.info().compute_capability)?;
+        f.set_attribute(
+            cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            g.tile.shared_bytes() as i32,
+        )
+        .map_err(cuda(format!(
+            "raising the shared-memory limit of `{}`",
+            kernel.symbol()
+        )))?;
+    }
     let (wc, _g1) = w.codes.device_ptr(stream);
     let (wsc, _g2) = w.scales.device_ptr(stream);
     let (wgs, _g3) = w.global_scale.device_ptr(stream);
@@ -353,8 +463,8 @@ fn run<A: DeviceRepr, O: Element + DeviceRepr>(
     let (x, y, z) = g.grid();
     let cfg = LaunchConfig {
         grid_dim: (x, y, z),
-        block_dim: (THREADS, 1, 1),
-        shared_mem_bytes: 0,
+        block_dim: (g.tile.threads(), 1, 1),
+        shared_mem_bytes: g.tile.shared_bytes(),
     };
     let mut b = stream.launch_builder(f);
     b.arg(&p);

@@ -22,7 +22,7 @@ use super::gemm_fp4::{Fp4Backend, fp4_tile_for};
 use super::quantize::{DeviceNvfp4, GpuElement, Nvfp4View};
 use crate::cuda::gemm_fp4::{self as fp4, Fp4Tile, GEMM_SCALE_LAYOUT, GemmFp4Operands};
 use crate::cuda::launch::convert_scales;
-use crate::cuda::launch_gemm::{self, Fp4Operand, GemmGeometry, GemmTile, STEP_K, SplitWorkspace};
+use crate::cuda::launch_gemm::{self, Fp4Operand, GemmGeometry, GemmTile, STEP_K, SplitWorkspace, WGMMA_K};
 use crate::cuda::{Device, alloc_zeros};
 use crate::error::{Error, Result};
 use crate::format::{Dtype, ScaleLayout};
@@ -218,6 +218,9 @@ fn blocks_per_sm(op: GemmOp, tile: GemmTile, cc: (u32, u32)) -> usize {
         (GemmOp::W4A16(_), GemmTile::M16) => 5,
         (GemmOp::W4A4, GemmTile::M16) => 8,
         (_, GemmTile::M64) => 3,
+        // csrc/gemm_w4a16_sm90.cu: 101 KiB of shared memory (Wg64), 133 or 197 KiB (Wg128, Wg256).
+        (_, GemmTile::Wg64) => 2,
+        (_, GemmTile::Wg128 | GemmTile::Wg256) => 1,
     }
 }
 /// Largest M the 16-row kernel takes by default: up to two 16-row blocks re-reading the weights beat
@@ -247,16 +250,27 @@ mod cost {
     /// M = 4096 and 1380 at M = 1024 on 8192²; W4A4: 5574 and 1587).
     pub const MMA_FIRST_TILE_PS: [f64; 2] = [1.2, 2.2];
     pub const MMA_TILE_PS: [f64; 2] = [1.15, 1.24];
+    /// The sm_90a wgmma kernel: a floor, the weight stream, and the tensor-core rate it reaches
+    /// (estimates before its first H100 sweep; BENCHMARKS.md has the measured figures).
+    pub const WG_FIXED_US: f64 = 6.0;
+    pub const WG_BYTES_PER_US: f64 = 2.4e6;
+    pub const WG_FLOP_PER_US: f64 = 4.5e8;
 }
 
-/// (mma.sync, dequantize + cuBLAS) estimated microseconds for `spec` with M above [`SMALL_M`].
-fn route_costs(spec: &GemmSpec) -> (f64, f64) {
+/// (the in-register decode kernel `tile`, dequantize + cuBLAS) estimated microseconds for `spec` with M
+/// above [`SMALL_M`].
+fn route_costs(spec: &GemmSpec, tile: GemmTile) -> (f64, f64) {
     let (m, n, k) = (spec.m as f64, spec.n as f64, spec.k as f64);
     let w4a4 = spec.op == GemmOp::W4A4;
     let op = usize::from(w4a4);
     let tiles = spec.m.div_ceil(64).max(1) as f64;
-    let mma = cost::MMA_FIXED_US
-        + n * k * (cost::MMA_FIRST_TILE_PS[op] + cost::MMA_TILE_PS[op] * (tiles - 1.0)) / 1e6;
+    let mma = if tile.is_wgmma() {
+        let bytes = n * k * 9.0 / 16.0 + 2.0 * m * k + spec.out.size() as f64 * m * n;
+        cost::WG_FIXED_US + (bytes / cost::WG_BYTES_PER_US).max(2.0 * m * n * k / cost::WG_FLOP_PER_US)
+    } else {
+        cost::MMA_FIXED_US
+            + n * k * (cost::MMA_FIRST_TILE_PS[op] + cost::MMA_TILE_PS[op] * (tiles - 1.0)) / 1e6
+    };
     let dequant = cost::DEQUANT_PS * (n * k + if w4a4 { m * k } else { 0.0 }) / 1e6;
     let half = cublas_dtype(spec);
     let staged = spec.bias || (spec.out != Dtype::F32 && spec.out != half);
@@ -318,7 +332,11 @@ fn cublas_choice(spec: &GemmSpec, why: &str) -> GemmChoice {
 /// The automatic dequantize + cuBLAS decision for a spec that forces nothing else: `Ok(why)` takes the
 /// route, `Err(note)` stays on mma.sync with `note` for the reason (empty where the route was never in
 /// question).
-fn cublas_auto(spec: &GemmSpec, cublas: &CublasAvailability) -> std::result::Result<String, String> {
+fn cublas_auto(
+    spec: &GemmSpec,
+    tile: GemmTile,
+    cublas: &CublasAvailability,
+) -> std::result::Result<String, String> {
     if spec.m <= SMALL_M && spec.cublas.is_none() {
         return Err(String::new());
     }
@@ -336,9 +354,13 @@ fn cublas_auto(spec: &GemmSpec, cublas: &CublasAvailability) -> std::result::Res
     if let Err(e) = cublas_fits(spec) {
         return Err(format!("; dequantize + cuBLAS not possible: {e}"));
     }
-    let (mma, blas) = route_costs(spec);
-    let estimate =
-        format!("estimated {blas:.0} us against {mma:.0} us on the 64-row mma.sync kernel, H100 figures");
+    let (mma, blas) = route_costs(spec, tile);
+    let what = if tile.is_wgmma() {
+        "the wgmma kernel"
+    } else {
+        "the 64-row mma.sync kernel"
+    };
+    let estimate = format!("estimated {blas:.0} us against {mma:.0} us on {what}, H100 figures");
     if blas >= mma {
         return Err(format!("; dequantize + cuBLAS not taken ({estimate})"));
     }
@@ -499,12 +521,18 @@ pub fn choose_kernel(cc: (u32, u32), spec: &GemmSpec, cublas: &CublasAvailabilit
             "NVFP4 weights decoded in registers for mma.sync with the 16-bit activations".to_string()
         }
     };
-    let blas_note = match cublas_auto(spec, cublas) {
+    let large = large_m_tile(cc, spec);
+    let blas_note = match cublas_auto(spec, large.0, cublas) {
         Ok(why) => return Ok(cublas_choice(spec, &why)),
         Err(note) => note,
     };
     let (tile, why_tile) = match spec.kernel {
-        Some(t) => (t, "forced by the caller".to_string()),
+        Some(t) => {
+            if t.is_wgmma() {
+                launch_gemm::wgmma_for(cc)?;
+            }
+            (t, "forced by the caller".to_string())
+        }
         None if spec.m <= SMALL_M => (
             GemmTile::M16,
             format!(
@@ -512,14 +540,11 @@ pub fn choose_kernel(cc: (u32, u32), spec: &GemmSpec, cublas: &CublasAvailabilit
                  layer runs near weight bandwidth"
             ),
         ),
-        None => (
-            GemmTile::M64,
-            format!("M > {SMALL_M}: 64 rows of M per block, each decoded weight pair feeds four MMAs"),
-        ),
+        None => large,
     };
     let kernel = match spec.op {
         GemmOp::W4A16(act) => launch_gemm::w4a16_kernel(act, tile)?,
-        GemmOp::W4A4 => launch_gemm::w4a4_kernel(tile),
+        GemmOp::W4A4 => launch_gemm::w4a4_kernel(tile)?,
     };
     Ok(GemmChoice {
         route: GemmRoute::Dequantize(tile),
@@ -528,6 +553,33 @@ pub fn choose_kernel(cc: (u32, u32), spec: &GemmSpec, cublas: &CublasAvailabilit
             kernel.symbol()
         ),
     })
+}
+
+/// The in-register decode kernel for M above [`SMALL_M`], with why: on sm_90 (a build with sm_90a code)
+/// W4A16 with K a multiple of 64 takes the wgmma kernel with the smallest M tile that covers M (256
+/// rows beyond); everything else the 64-row mma.sync kernel.
+fn large_m_tile(cc: (u32, u32), spec: &GemmSpec) -> (GemmTile, String) {
+    let wgmma = launch_gemm::wgmma_for(cc).is_ok();
+    if wgmma && matches!(spec.op, GemmOp::W4A16(_)) && spec.k % WGMMA_K == 0 {
+        let t = GemmTile::wgmma_for(spec.m);
+        return (
+            t,
+            format!(
+                "M > {SMALL_M} on sm_90 with K a multiple of {WGMMA_K}: the wgmma kernel, {} rows of M and \
+                 128 of W per block, each weight decoded once per block into shared memory",
+                t.rows()
+            ),
+        );
+    }
+    let why = if wgmma && matches!(spec.op, GemmOp::W4A16(_)) {
+        format!(" (K is not a multiple of {WGMMA_K}, which the sm_90 wgmma kernel needs)")
+    } else {
+        String::new()
+    };
+    (
+        GemmTile::M64,
+        format!("M > {SMALL_M}: 64 rows of M per block, each decoded weight pair feeds four MMAs{why}"),
+    )
 }
 
 /// What a plan launches with: the dequantize kernels' geometry and split-K scratch, the FP4 kernel's
@@ -1005,7 +1057,11 @@ fn split_k(spec: &GemmSpec, tile: GemmTile, sms: usize, cc: (u32, u32)) -> Resul
             // per output column they cost 8 bytes per split and row of M (written once, read back
             // once) against K * 9/16 bytes of weights, so splits <= K / (57 M).
             let fit = (per_sm * sms) / tiles.max(1);
-            let cap = (steps / MIN_STEPS_PER_SPLIT).min(spec.k / (57 * spec.m.max(1)));
+            // The wgmma kernel has one or two blocks per SM and 128 columns per block, so few tiles:
+            // it splits more (partials up to about 3.5x the weight bytes, mostly in L2) rather than
+            // leave SMs idle.
+            let per_col = if tile.is_wgmma() { 4 } else { 57 };
+            let cap = (steps / MIN_STEPS_PER_SPLIT).min(spec.k / (per_col * spec.m.max(1)));
             let s = fit.min(cap).max(1);
             let why = if s > 1 {
                 format!(

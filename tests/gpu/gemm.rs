@@ -315,6 +315,99 @@ fn table(exact: bool) -> Vec<Case> {
     cases
 }
 
+/// (M, N, K) for the sm_90a wgmma kernel (K a multiple of 64): one tile (K = 64), K % 128 = 64 (a
+/// half last step: 4160, 192), M and N around its 64/128/256-row and 128-column blocks, and the
+/// issue's M list.
+const WGMMA_SHAPES: [(usize, usize, usize); 10] = [
+    (1, 1, 64),
+    (3, 67, 192),
+    (16, 130, 4160),
+    (17, 128, 2048),
+    (33, 129, 1088),
+    (65, 200, 2048),
+    (128, 67, 4160),
+    (257, 300, 2048),
+    (200, 1000, 1024),
+    (4099, 67, 192),
+];
+
+/// The wgmma kernel's cases: every tile forced on every shape, split-K off, 3 splits and automatic,
+/// W4A16 types only (it has no W4A4 variant), bias on and off; then the plan's own choice.
+fn wgmma_table(exact: bool) -> Vec<Case> {
+    let types: Vec<_> = TYPES.iter().filter(|t| t.0.is_some()).copied().collect();
+    let mut cases = Vec::new();
+    let mut i = 0;
+    for &(m, n, k) in &WGMMA_SHAPES {
+        for kernel in [GemmKernel::Wg64, GemmKernel::Wg128, GemmKernel::Wg256] {
+            for splits in [Some(1), Some(3), None] {
+                let (act, out) = types[i % types.len()];
+                cases.push(Case {
+                    m,
+                    n,
+                    k,
+                    kernel: Some(kernel),
+                    splits,
+                    act,
+                    out,
+                    bias: i % 2 == 1,
+                    exact,
+                    cublas: None,
+                    swizzled: false,
+                });
+                i += 1;
+            }
+        }
+    }
+    for (j, &(act, out)) in types.iter().enumerate() {
+        cases.push(Case {
+            m: 96,
+            n: 260,
+            k: 4160,
+            kernel: None,
+            splits: None,
+            act,
+            out,
+            bias: j % 2 == 0,
+            exact,
+            cublas: Some(false),
+            swizzled: false,
+        });
+    }
+    cases
+}
+
+/// Whether the device runs the wgmma kernel; prints why not where it does not (a visible skip: these
+/// GPU tests cover an sm_90 only kernel).
+fn wgmma_device(test: &str) -> bool {
+    let Some(dev) = device(test) else {
+        return false;
+    };
+    let cc = dev.info().compute_capability;
+    match nvfp4::cuda::launch_gemm::wgmma_for(cc) {
+        Ok(()) => true,
+        Err(e) => {
+            eprintln!("SKIPPED {test}: {e}");
+            false
+        }
+    }
+}
+
+#[test]
+fn gemm_gpu_wgmma_matches_reference_bit_for_bit_on_exact_sums() {
+    let test = "gemm_gpu_wgmma_matches_reference_bit_for_bit_on_exact_sums";
+    if wgmma_device(test) {
+        run_table(test, &wgmma_table(true));
+    }
+}
+
+#[test]
+fn gemm_gpu_wgmma_within_f32_bound_on_random_inputs() {
+    let test = "gemm_gpu_wgmma_within_f32_bound_on_random_inputs";
+    if wgmma_device(test) {
+        run_table(test, &wgmma_table(false));
+    }
+}
+
 #[test]
 fn gemm_gpu_matches_reference_bit_for_bit_on_exact_sums() {
     run_table(

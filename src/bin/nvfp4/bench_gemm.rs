@@ -16,7 +16,7 @@ use cudarc::driver::CudaSlice;
 use half::bf16;
 use nvfp4::cuda::{CublasBf16, Device, GpuTimer, alloc_zeros, checksum, upload};
 use nvfp4::format::Dtype;
-use nvfp4::ops::{DeviceNvfp4, GemmOp, GemmPlan, GemmRoute, GemmSpec};
+use nvfp4::ops::{DeviceNvfp4, GemmKernel, GemmOp, GemmPlan, GemmRoute, GemmSpec};
 use nvfp4::quant::{QuantizeOptions, quantize};
 
 /// Sweep of M and shapes.
@@ -39,6 +39,11 @@ pub struct GemmArgs {
     /// (comma-separated; empty: only the plan's choice). For tuning the split heuristic.
     #[arg(long, default_value = "")]
     pub splits: String,
+    /// W4A16 kernels to time as well, each forced, beside the plan's own choice (comma-separated, of
+    /// m16, m64, wg64, wg128, wg256 and cublas; empty: only the plan's choice). A kernel this GPU cannot
+    /// run, or that does not take the shape, is reported and skipped.
+    #[arg(long, default_value = "")]
+    pub kernels: String,
     /// Timed repetitions per figure (the median is reported).
     #[arg(long, default_value_t = 15)]
     pub reps: usize,
@@ -63,6 +68,26 @@ fn list(s: &str) -> anyhow::Result<Vec<usize>> {
     s.split(',')
         .filter(|p| !p.trim().is_empty())
         .map(|p| p.trim().parse().with_context(|| format!("`{p}` is not a number")))
+        .collect()
+}
+
+/// `--kernels`: each name as the override it puts in a spec.
+fn kernels(s: &str) -> anyhow::Result<Vec<(String, Option<GemmKernel>, Option<bool>)>> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let k = match p {
+                "m16" => Some(GemmKernel::M16),
+                "m64" => Some(GemmKernel::M64),
+                "wg64" => Some(GemmKernel::Wg64),
+                "wg128" => Some(GemmKernel::Wg128),
+                "wg256" => Some(GemmKernel::Wg256),
+                "cublas" => None,
+                _ => anyhow::bail!("--kernels: `{p}` is none of m16, m64, wg64, wg128, wg256, cublas"),
+            };
+            Ok((p.to_string(), k, k.is_none().then_some(true)))
+        })
         .collect()
 }
 
@@ -167,6 +192,7 @@ pub fn gemm(a: &GemmArgs) -> anyhow::Result<()> {
     let shapes = shapes(&a.shapes)?;
     let a4_shapes = shapes_or_empty(&a.w4a4_shapes)?;
     let forced_splits = list(&a.splits)?;
+    let forced_kernels = kernels(&a.kernels)?;
     if forced_splits.contains(&0) {
         anyhow::bail!("--splits: a split-K factor is at least 1");
     }
@@ -247,6 +273,24 @@ pub fn gemm(a: &GemmArgs) -> anyhow::Result<()> {
                     ..GemmSpec::w4a16(m, n, k)
                 };
                 let mut forced = GemmPlan::new(&dev, &s, &spec)?;
+                let t = median_us(&dev, &mut flush, a.reps, || {
+                    Ok(forced.w4a16(&dev, &s, &act, &w, None, &mut out)?)
+                })?;
+                rows.push(report("W4A16", n, k, m, t, cublas, bytes, copy_bw, &forced));
+            }
+            for (name, kernel, cublas_route) in &forced_kernels {
+                let spec = GemmSpec {
+                    kernel: *kernel,
+                    cublas: *cublas_route,
+                    ..GemmSpec::w4a16(m, n, k)
+                };
+                let mut forced = match GemmPlan::new(&dev, &s, &spec) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        println!("W4A16  {n:>5}x{k:<6} {m:>5}  {name}: skipped ({e})");
+                        continue;
+                    }
+                };
                 let t = median_us(&dev, &mut flush, a.reps, || {
                     Ok(forced.w4a16(&dev, &s, &act, &w, None, &mut out)?)
                 })?;
