@@ -23,8 +23,9 @@ use crate::format::{Dtype, Element};
 const THREADS: u32 = 128;
 /// Output columns (rows of W) per block of the mma.sync kernels.
 const BLOCK_N: usize = 64;
-/// Threads per block of the sm_90a wgmma kernels (two warpgroups of 64 rows of W each).
-const WG_THREADS: u32 = 256;
+/// Threads per block of the sm_90a wgmma kernels (two warpgroups of 64 rows of W each, and a producer
+/// warp).
+const WG_THREADS: u32 = 288;
 /// Output columns per block of the sm_90a wgmma kernels.
 const WG_BLOCK_N: usize = 128;
 /// K elements per step of the kernels' main loop; K is split in whole steps.
@@ -89,18 +90,27 @@ impl GemmTile {
 
     /// Threads per block.
     const fn threads(self) -> u32 {
-        if self.is_wgmma() { WG_THREADS } else { THREADS }
+        match self {
+            GemmTile::M16 | GemmTile::M64 => THREADS,
+            GemmTile::Wg64 | GemmTile::Wg128 => WG_THREADS,
+            // A whole producer warpgroup, which gives its registers to the consumers (setmaxnreg).
+            GemmTile::Wg256 => WG_THREADS + 96,
+        }
     }
 
-    /// Dynamic shared memory per block, bytes: the wgmma kernels' rings (`SmemLayout` in
-    /// csrc/gemm_w4a16_sm90.cu: two decoded 128x64 weight tiles, 4 activation slots of `rows()` x 128
-    /// bytes, 8 slots of codes and scales, and 1 KiB to align the base); the others use none.
+    /// Dynamic shared memory per block, bytes: the wgmma kernels' (`SmemLayout` in
+    /// csrc/gemm_w4a16_sm90.cu: two decoded 128x64 weight tiles, a ring of slots each holding one tile
+    /// of A, W's codes and W's scales rounded up to 1 KiB, two mbarriers per slot, and 1 KiB to align
+    /// the base); the others use none.
     pub const fn shared_bytes(self) -> u32 {
-        if self.is_wgmma() {
-            (2 * 128 * 128 + 4 * self.rows() * 128 + 8 * 128 * 32 + 8 * 128 * 4 + 1024) as u32
-        } else {
-            0
-        }
+        let slots = match self {
+            GemmTile::Wg64 => 6,
+            GemmTile::Wg128 => 8,
+            GemmTile::Wg256 => 5,
+            GemmTile::M16 | GemmTile::M64 => return 0,
+        };
+        let slot = (self.rows() * 128 + 128 * 32 + 128 * 4).div_ceil(1024) * 1024;
+        (2 * 128 * 128 + slots * slot + 16 * slots + 1024) as u32
     }
 }
 

@@ -376,6 +376,15 @@ fn wgmma_table(exact: bool) -> Vec<Case> {
     cases
 }
 
+/// The W4A16 kernel above M = 32 without cuBLAS (K a multiple of 64): the wgmma kernel's tile where
+/// the device runs it, else the 64-row mma.sync kernel.
+fn large_m_kernel(dev: &Device, m: usize) -> GemmKernel {
+    match nvfp4::cuda::launch_gemm::wgmma_for(dev.info().compute_capability) {
+        Ok(()) => GemmKernel::wgmma_for(m),
+        Err(_) => GemmKernel::M64,
+    }
+}
+
 /// Whether the device runs the wgmma kernel; prints why not where it does not (a visible skip: these
 /// GPU tests cover an sm_90 only kernel).
 fn wgmma_device(test: &str) -> bool {
@@ -435,13 +444,15 @@ fn gemm_gpu_plan_chooses_and_explains() {
         p.explain()
     );
     assert!(p.explain().contains("nvfp4_gemv_w4a16_bf16"), "{}", p.explain());
-    // Large M without the cuBLAS route: the 64-row kernel, no split (the route itself is tested below).
+    // Large M without the cuBLAS route: the 64-row (or on sm_90 the wgmma) kernel, no split (the route
+    // itself is tested below).
     let no_blas = GemmSpec {
         cublas: Some(false),
         ..GemmSpec::w4a16(4096, 8192, 8192)
     };
     let p = GemmPlan::new(&dev, s, &no_blas).unwrap();
-    assert_eq!((p.kernel(), p.splits()), (GemmKernel::M64, 1), "{}", p.explain());
+    let large = large_m_kernel(&dev, 4096);
+    assert_eq!((p.kernel(), p.splits()), (large, 1), "{}", p.explain());
     let forced = GemmSpec {
         kernel: Some(GemmKernel::M64),
         splits: Some(1),
@@ -695,22 +706,13 @@ fn gemm_gpu_plan_without_cublas_or_forbidden_keeps_the_mma_sync_route() {
         ..GemmSpec::w4a16(4096, 8192, 8192)
     };
     let p = GemmPlan::new(&dev, s, &spec).unwrap();
-    assert_eq!(
-        p.route(),
-        GemmRoute::Dequantize(GemmKernel::M64),
-        "{}",
-        p.explain()
-    );
+    let large = large_m_kernel(&dev, 4096);
+    assert_eq!(p.route(), GemmRoute::Dequantize(large), "{}", p.explain());
     assert!(p.explain().contains("forbidden by the caller"), "{}", p.explain());
     if let CublasAvailability::Unavailable(why) = CublasAvailability::probe() {
         // Where cuBLAS does not load, large M falls back with the reason, and forcing it is an error.
         let p = GemmPlan::new(&dev, s, &GemmSpec::w4a16(4096, 8192, 8192)).unwrap();
-        assert_eq!(
-            p.route(),
-            GemmRoute::Dequantize(GemmKernel::M64),
-            "{}",
-            p.explain()
-        );
+        assert_eq!(p.route(), GemmRoute::Dequantize(large), "{}", p.explain());
         assert!(p.explain().contains(&why), "{}", p.explain());
         let forced = GemmSpec {
             cublas: Some(true),
