@@ -71,8 +71,11 @@ fn list(s: &str) -> anyhow::Result<Vec<usize>> {
         .collect()
 }
 
+/// A `--kernels` entry: its name, and the `kernel` and `cublas` overrides it puts in a spec.
+type ForcedKernel = (String, Option<GemmKernel>, Option<bool>);
+
 /// `--kernels`: each name as the override it puts in a spec.
-fn kernels(s: &str) -> anyhow::Result<Vec<(String, Option<GemmKernel>, Option<bool>)>> {
+fn kernels(s: &str) -> anyhow::Result<Vec<ForcedKernel>> {
     s.split(',')
         .map(str::trim)
         .filter(|p| !p.is_empty())
