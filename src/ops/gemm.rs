@@ -107,7 +107,9 @@ impl GemmSpec {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GemmRoute {
     /// The mma.sync kernels (sm_80+) that decode both NVFP4 operands exactly to bf16/f16 in registers:
-    /// `nvfp4_gemv_*` ([`GemmKernel::M16`]) or `nvfp4_gemm_*` ([`GemmKernel::M64`]), split-K by occupancy.
+    /// `nvfp4_gemv_*` ([`GemmKernel::M16`]) or `nvfp4_gemm_*` ([`GemmKernel::M64`]), split-K by occupancy;
+    /// on sm_90 also the W4A16 wgmma kernels `nvfp4_gemm_w4a16_sm90_*` ([`GemmKernel::Wg64`] and up),
+    /// which decode into shared memory instead of registers.
     /// Linear block scales; results within the f32 bound of the f64 reference.
     Dequantize(GemmKernel),
     /// W4A4 on the sm_120 block-scaled FP4 tensor cores (`nvfp4_gemm_fp4_sm120`, or
@@ -388,8 +390,14 @@ fn cublas_auto(
 ///   from M = 33 on all but W4A16 on the three largest layers (8192², 8192x28672, 28672x8192), which
 ///   keep the mma.sync kernel up to M = 64 (measured 116, 316 and 498 us there, against an estimated
 ///   131, 446 and 446 us for dequantize + cuBLAS: the last is the model's one wrong pick in the sweep).
+///   That is the rule on sm_80, sm_100 and sm_12x, and for W4A4 on sm_90.
+/// - On sm_90 (a build with sm_90a code), W4A16 above M = 32 with K a multiple of 64: the in-register
+///   kernel compared with cuBLAS is the wgmma kernel ([`GemmKernel::Wg64`], [`GemmKernel::Wg128`],
+///   [`GemmKernel::Wg256`], the smallest that covers M), estimated from its weight stream and its
+///   tensor-core rate (`cost::WG_*`); K not a multiple of 64 keeps the 64-row kernel, and says so.
 /// - Overrides: [`GemmSpec::fp4_backend`] forces the FP4 route (on sm_90 only with
-///   [`Fp4Backend::Sm120Emulated`]), [`GemmSpec::kernel`] a mma.sync kernel, [`GemmSpec::cublas`] the
+///   [`Fp4Backend::Sm120Emulated`]), [`GemmSpec::kernel`] a mma.sync or wgmma kernel (a wgmma tile
+///   anywhere but sm_90 with sm_90a code is [`Error::UnsupportedArch`]), [`GemmSpec::cublas`] the
 ///   dequantize + cuBLAS route (or forbids it).
 ///
 /// Errors: GPUs below sm_80 and a forced FP4 route the GPU cannot run ([`Error::UnsupportedArch`]);
@@ -408,7 +416,7 @@ fn cublas_auto(
 /// let prefill = GemmSpec::w4a16(4096, 8192, 8192);
 /// assert_eq!(choose_kernel((9, 0), &prefill, &blas)?.route, GemmRoute::DequantizeCublas { dtype: Dtype::Bf16 });
 /// let none = CublasAvailability::Unavailable("no libcublas".into());
-/// let c = choose_kernel((9, 0), &prefill, &none)?;
+/// let c = choose_kernel((8, 0), &prefill, &none)?;
 /// assert_eq!(c.route, GemmRoute::Dequantize(GemmKernel::M64));
 /// assert!(c.reason.contains("no libcublas"));
 /// # Ok::<(), nvfp4::Error>(())
