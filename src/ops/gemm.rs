@@ -563,11 +563,17 @@ pub fn choose_kernel(cc: (u32, u32), spec: &GemmSpec, cublas: &CublasAvailabilit
     })
 }
 
+/// Whether plans pick the sm_90a wgmma kernel by themselves. Off: its current version (a producer warp
+/// and mbarriers) has not yet run on a device, and its first version, which did, was slower than the
+/// routes it would replace (BENCHMARKS.md); until it is measured it runs only when forced
+/// ([`GemmSpec::kernel`]).
+pub const WGMMA_BY_DEFAULT: bool = false;
+
 /// The in-register decode kernel for M above [`SMALL_M`], with why: on sm_90 (a build with sm_90a code)
 /// W4A16 with K a multiple of 64 takes the wgmma kernel with the smallest M tile that covers M (256
 /// rows beyond); everything else the 64-row mma.sync kernel.
 fn large_m_tile(cc: (u32, u32), spec: &GemmSpec) -> (GemmTile, String) {
-    let wgmma = launch_gemm::wgmma_for(cc).is_ok();
+    let wgmma = WGMMA_BY_DEFAULT && launch_gemm::wgmma_for(cc).is_ok();
     if wgmma && matches!(spec.op, GemmOp::W4A16(_)) && spec.k % WGMMA_K == 0 {
         let t = GemmTile::wgmma_for(spec.m);
         return (

@@ -18,7 +18,7 @@ pub use crate::cuda::gemm_fp4::Fp4Tile;
 pub use checkpoint::{DEFAULT_CHUNK_BYTES, GpuQuantizer, QuantizeStages, StageTime};
 pub use gemm::{
     CublasAvailability, GemmChoice, GemmKernel, GemmOp, GemmPlan, GemmRoute, GemmSpec, SlotWeight,
-    choose_kernel, plan,
+    WGMMA_BY_DEFAULT, choose_kernel, plan,
 };
 pub use gemm_fp4::{Fp4Backend, Fp4GemmPlan, Fp4GemmSpec, LinearNvfp4Options, gemm_fp4, linear_nvfp4};
 pub use quantize::{
