@@ -89,6 +89,14 @@ struct SmemLayout {
     static_assert(kSlotBytes % 1024 == 0, "slots keep the 1024-byte alignment of the swizzled tiles");
 };
 
+// The host launches with nvfp4.h's figures; a layout change that forgets them fails here.
+static_assert(threads<64>() == NVFP4_SM90_THREADS_M64 && threads<128>() == NVFP4_SM90_THREADS_M128 &&
+                  threads<256>() == NVFP4_SM90_THREADS_M256,
+              "nvfp4.h's nvfp4_sm90_launch threads");
+static_assert(SmemLayout<64>::kAlloc == NVFP4_SM90_SMEM_M64 && SmemLayout<128>::kAlloc == NVFP4_SM90_SMEM_M128 &&
+                  SmemLayout<256>::kAlloc == NVFP4_SM90_SMEM_M256,
+              "nvfp4.h's nvfp4_sm90_launch shared memory");
+
 #if NVFP4_WGMMA
 
 // Offset of 16-byte chunk c of row r in a 128-byte-swizzled tile.

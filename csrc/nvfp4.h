@@ -193,6 +193,21 @@ typedef struct nvfp4_quant_error_reduce_params {
  *   share a workspace must not overlap.
  *   16-byte loads of codes when K % 32 == 0 (rows are then 16-byte aligned), 4-byte loads otherwise.
  */
+/*
+ * Launch shape of the sm_90a W4A16 wgmma kernels (nvfp4_gemm_w4a16_sm90_{bf16,f16}_m{64,128,256}, same
+ * params as above; BM = 64, 128 or 256 rows of M and 128 rows of W per block, grid (ceil(N / 128),
+ * ceil(M / BM), splits), K % 64 == 0): threads per block and dynamic shared memory bytes. The kernel
+ * checks its own layout against these at compile time; the host launches with them.
+ */
+enum nvfp4_sm90_launch {
+    NVFP4_SM90_THREADS_M64 = 288,
+    NVFP4_SM90_THREADS_M128 = 288,
+    NVFP4_SM90_THREADS_M256 = 384,
+    NVFP4_SM90_SMEM_M64 = 113760,
+    NVFP4_SM90_SMEM_M128 = 205952,
+    NVFP4_SM90_SMEM_M256 = 223312
+};
+
 typedef struct nvfp4_gemm_params {
     const void *a;               /* [M, K] bf16/f16, or NVFP4 codes [M, K/2] for W4A4 */
     const uint8_t *a_scales;     /* W4A4: linear E4M3 [M, K/16]; otherwise unused */

@@ -234,6 +234,13 @@ const _: () = {
     ["Offset of field: nvfp4_quant_error_reduce_params::blocks"]
         [::core::mem::offset_of!(nvfp4_quant_error_reduce_params, blocks) - 16usize];
 };
+pub const nvfp4_sm90_launch_NVFP4_SM90_THREADS_M64: nvfp4_sm90_launch = 288;
+pub const nvfp4_sm90_launch_NVFP4_SM90_THREADS_M128: nvfp4_sm90_launch = 288;
+pub const nvfp4_sm90_launch_NVFP4_SM90_THREADS_M256: nvfp4_sm90_launch = 384;
+pub const nvfp4_sm90_launch_NVFP4_SM90_SMEM_M64: nvfp4_sm90_launch = 113760;
+pub const nvfp4_sm90_launch_NVFP4_SM90_SMEM_M128: nvfp4_sm90_launch = 205952;
+pub const nvfp4_sm90_launch_NVFP4_SM90_SMEM_M256: nvfp4_sm90_launch = 223312;
+pub type nvfp4_sm90_launch = ::core::ffi::c_uint;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct nvfp4_gemm_params {

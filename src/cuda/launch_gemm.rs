@@ -23,9 +23,6 @@ use crate::format::{Dtype, Element};
 const THREADS: u32 = 128;
 /// Output columns (rows of W) per block of the mma.sync kernels.
 const BLOCK_N: usize = 64;
-/// Threads per block of the sm_90a wgmma kernels (two warpgroups of 64 rows of W each, and a producer
-/// warp).
-const WG_THREADS: u32 = 288;
 /// Output columns per block of the sm_90a wgmma kernels.
 const WG_BLOCK_N: usize = 128;
 /// K elements per step of the kernels' main loop; K is split in whole steps.
@@ -88,29 +85,27 @@ impl GemmTile {
         }
     }
 
-    /// Threads per block.
+    /// Threads per block (the wgmma kernels': nvfp4.h's `nvfp4_sm90_launch`, which the kernel checks).
     const fn threads(self) -> u32 {
         match self {
             GemmTile::M16 | GemmTile::M64 => THREADS,
-            GemmTile::Wg64 | GemmTile::Wg128 => WG_THREADS,
-            // A whole producer warpgroup, which gives its registers to the consumers (setmaxnreg).
-            GemmTile::Wg256 => WG_THREADS + 96,
+            GemmTile::Wg64 => abi::nvfp4_sm90_launch_NVFP4_SM90_THREADS_M64,
+            GemmTile::Wg128 => abi::nvfp4_sm90_launch_NVFP4_SM90_THREADS_M128,
+            GemmTile::Wg256 => abi::nvfp4_sm90_launch_NVFP4_SM90_THREADS_M256,
         }
     }
 
-    /// Dynamic shared memory per block, bytes: the wgmma kernels' (`SmemLayout` in
-    /// csrc/gemm_w4a16_sm90.cu: two decoded 128x64 weight tiles, a ring of slots each holding one tile
-    /// of A, W's codes and W's scales rounded up to 1 KiB, two mbarriers per slot, and 1 KiB to align
-    /// the base); the others use none.
+    /// Dynamic shared memory per block, bytes: the wgmma kernels' (nvfp4.h's `nvfp4_sm90_launch`,
+    /// which `SmemLayout` in csrc/gemm_w4a16_sm90.cu is checked against at compile time: two decoded
+    /// 128x64 weight tiles, a ring of slots each holding one tile of A, W's codes and W's scales, two
+    /// mbarriers per slot, 1 KiB to align the base); the others use none.
     pub const fn shared_bytes(self) -> u32 {
-        let slots = match self {
-            GemmTile::Wg64 => 6,
-            GemmTile::Wg128 => 8,
-            GemmTile::Wg256 => 5,
-            GemmTile::M16 | GemmTile::M64 => return 0,
-        };
-        let slot = (self.rows() * 128 + 128 * 32 + 128 * 4).div_ceil(1024) * 1024;
-        (2 * 128 * 128 + slots * slot + 16 * slots + 1024) as u32
+        match self {
+            GemmTile::M16 | GemmTile::M64 => 0,
+            GemmTile::Wg64 => abi::nvfp4_sm90_launch_NVFP4_SM90_SMEM_M64,
+            GemmTile::Wg128 => abi::nvfp4_sm90_launch_NVFP4_SM90_SMEM_M128,
+            GemmTile::Wg256 => abi::nvfp4_sm90_launch_NVFP4_SM90_SMEM_M256,
+        }
     }
 }
 
