@@ -67,6 +67,7 @@ constexpr int kBlockN = 128;                // rows of W per block: 64 per warpg
 constexpr int kTileK = 64;                  // K elements per tile: one 128-byte row of 16-bit values
 constexpr int kRowBytes = 128;              // a decoded or activation row of one tile
 constexpr int kCodeBytes = 32;              // a row's codes for one tile
+static_assert(kTileK * 2 == kRowBytes && kTileK / 2 == kCodeBytes, "a tile row: 64 16-bit values, 64 codes");
 
 // The ring depth per M tile: as deep as 2 blocks per SM (BM = 64) or 1 (above) fit in 227 KiB.
 template <int BM>

@@ -5,6 +5,8 @@
 //! it); every test has `gpu` in its name so `compute-sanitizer ... gpu` runs exactly these. One module
 //! per kernel family under tests/gpu/.
 
+#[path = "gpu/blas_fp8.rs"]
+mod blas_fp8;
 #[path = "gpu/checkpoint.rs"]
 mod checkpoint;
 #[path = "checkpoint_common/mod.rs"]

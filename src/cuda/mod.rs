@@ -9,6 +9,8 @@
 pub mod abi;
 #[cfg(feature = "cublas")]
 mod blas;
+#[cfg(feature = "cublas")]
+mod blas_fp8;
 mod checksum;
 mod device;
 pub mod gemm_fp4;
@@ -24,6 +26,8 @@ mod stream;
 pub(crate) use blas::{BlasGemm, blas_alpha, blas_epilogue};
 #[cfg(feature = "cublas")]
 pub use blas::{CublasBf16, cublas_loadable};
+#[cfg(feature = "cublas")]
+pub use blas_fp8::{CublasFp8, cublaslt_loadable};
 pub use checksum::checksum;
 pub use device::{Device, DeviceInfo};
 pub use kernels::{KernelId, NVCC_VERSION, TARGETS, fatbin_sizes};

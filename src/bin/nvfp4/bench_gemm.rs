@@ -1,5 +1,5 @@
-//! `nvfp4 bench gemm`: the NVFP4 GEMM kernels against cuBLAS bf16 on the same shapes in the same
-//! process, each timing the median of repeated CUDA-event measurements with L2 flushed before each, and
+//! `nvfp4 bench gemm`: the NVFP4 GEMM kernels against cuBLAS bf16, and cuBLASLt FP8 (E4M3 x E4M3 ->
+//! bf16) where the GPU has it (sm_89 and newer), on the same shapes in the same process, each timing the median of repeated CUDA-event measurements with L2 flushed before each, and
 //! the bandwidth of a device-to-device copy measured in the same run as the memory limit.
 //!
 //! The flush writes a 256 MiB buffer and then reads it back, so L2 starts each run full of clean lines,
@@ -14,7 +14,7 @@ use anyhow::Context;
 use clap::Args;
 use cudarc::driver::CudaSlice;
 use half::bf16;
-use nvfp4::cuda::{CublasBf16, Device, GpuTimer, alloc_zeros, checksum, upload};
+use nvfp4::cuda::{CublasBf16, CublasFp8, Device, GpuTimer, alloc_zeros, checksum, upload};
 use nvfp4::format::Dtype;
 use nvfp4::ops::{DeviceNvfp4, GemmKernel, GemmOp, GemmPlan, GemmRoute, GemmSpec};
 use nvfp4::quant::{QuantizeOptions, quantize};
@@ -132,6 +132,8 @@ struct Row {
     m: usize,
     ours_us: f64,
     cublas_us: f64,
+    /// cuBLASLt FP8 (E4M3 x E4M3 -> bf16) on the same shape, where the GPU has it.
+    fp8_us: Option<f64>,
     bytes: f64,
     copy_bw: f64,
     /// The plan's route and kernel in a few words (the table's last column).
@@ -230,9 +232,11 @@ pub fn gemm(a: &GemmArgs) -> anyhow::Result<()> {
 
     let blas = CublasBf16::new(&s)?;
     let mut rows = Vec::new();
+    // Whether the FP8 baseline runs here; the first refusal is printed, later shapes skip it quietly.
+    let mut fp8_ok = true;
     println!(
-        "\n{:<6} {:>12} {:>5} {:>10} {:>10} {:>7} {:>8} {:>6} {:>8}  plan",
-        "op", "N x K", "M", "ours us", "cuBLAS us", "ratio", "GB/s", "of cp", "TFLOPS"
+        "\n{:<6} {:>12} {:>5} {:>10} {:>10} {:>7} {:>9} {:>7} {:>8} {:>6} {:>8}  plan",
+        "op", "N x K", "M", "ours us", "cuBLAS us", "ratio", "FP8 us", "vs FP8", "GB/s", "of cp", "TFLOPS"
     );
     for &(n, k) in &shapes {
         anyhow::ensure!(k % 16 == 0, "K of {n}x{k} must be a multiple of 16");
@@ -256,6 +260,23 @@ pub fn gemm(a: &GemmArgs) -> anyhow::Result<()> {
             1.0 / 64.0,
         )?;
         let w = DeviceNvfp4::upload(&s, &t)?;
+        // E4M3 bytes from the same pool, NaN (0x7F, 0xFF) moved to the largest finite magnitude.
+        let fp8_of = |r: u16| {
+            if r as u8 & 0x7F == 0x7F {
+                r as u8 - 1
+            } else {
+                r as u8
+            }
+        };
+        let w_fp8 = if fp8_ok {
+            Some(upload(
+                &s,
+                "W e4m3",
+                &pool[..n * k].iter().map(|&r| fp8_of(r)).collect::<Vec<_>>(),
+            )?)
+        } else {
+            None
+        };
         let w_bytes = (n * k / 2 + n * k / 16) as f64;
         for &m in &ms {
             let a_host: Vec<bf16> = pool[..m * k].iter().map(|&r| bf16_of(r.rotate_left(5))).collect();
@@ -268,8 +289,30 @@ pub fn gemm(a: &GemmArgs) -> anyhow::Result<()> {
             let cublas = median_us(&dev, &mut flush, a.reps, || {
                 Ok(blas.gemm(m, n, k, &act, &w_bf16, &mut out)?)
             })?;
+            let fp8 = match (&w_fp8, fp8_ok.then(|| CublasFp8::new(&s, m, n, k))) {
+                (Some(w8), Some(Ok(g))) => {
+                    let a8 = upload(
+                        &s,
+                        "A e4m3",
+                        &pool[..m * k]
+                            .iter()
+                            .map(|&r| fp8_of(r.rotate_left(5)))
+                            .collect::<Vec<_>>(),
+                    )?;
+                    Some(median_us(&dev, &mut flush, a.reps, || {
+                        Ok(g.gemm(&a8, w8, 1.0, &mut out)?)
+                    })?)
+                }
+                (_, Some(Err(e))) => {
+                    println!("cuBLASLt FP8 baseline: skipped from here on ({e})");
+                    fp8_ok = false;
+                    None
+                }
+                _ => None,
+            };
+            let base = (cublas, fp8);
             let bytes = w_bytes + (m * k * 2 + m * n * 2) as f64;
-            rows.push(report("W4A16", n, k, m, ours, cublas, bytes, copy_bw, &plan));
+            rows.push(report("W4A16", n, k, m, ours, base, bytes, copy_bw, &plan));
             for &split in &forced_splits {
                 let spec = GemmSpec {
                     splits: Some(split),
@@ -279,7 +322,7 @@ pub fn gemm(a: &GemmArgs) -> anyhow::Result<()> {
                 let t = median_us(&dev, &mut flush, a.reps, || {
                     Ok(forced.w4a16(&dev, &s, &act, &w, None, &mut out)?)
                 })?;
-                rows.push(report("W4A16", n, k, m, t, cublas, bytes, copy_bw, &forced));
+                rows.push(report("W4A16", n, k, m, t, base, bytes, copy_bw, &forced));
             }
             for (name, kernel, cublas_route) in &forced_kernels {
                 let spec = GemmSpec {
@@ -297,7 +340,7 @@ pub fn gemm(a: &GemmArgs) -> anyhow::Result<()> {
                 let t = median_us(&dev, &mut flush, a.reps, || {
                     Ok(forced.w4a16(&dev, &s, &act, &w, None, &mut out)?)
                 })?;
-                rows.push(report("W4A16", n, k, m, t, cublas, bytes, copy_bw, &forced));
+                rows.push(report("W4A16", n, k, m, t, base, bytes, copy_bw, &forced));
             }
             if a4_shapes.contains(&(n, k)) {
                 let aq = quantize("A", &a_host, m, k, &QuantizeOptions::default())?;
@@ -312,7 +355,7 @@ pub fn gemm(a: &GemmArgs) -> anyhow::Result<()> {
                     Ok(plan.w4a4(&dev, &s, &aq, &w, None, &mut out)?)
                 })?;
                 let bytes = w_bytes + (m * k * 9 / 16 + m * n * 2) as f64;
-                rows.push(report("W4A4", n, k, m, ours, cublas, bytes, copy_bw, &plan));
+                rows.push(report("W4A4", n, k, m, ours, base, bytes, copy_bw, &plan));
             }
         }
     }
@@ -324,6 +367,7 @@ pub fn gemm(a: &GemmArgs) -> anyhow::Result<()> {
                     "op": r.op, "n": r.n, "k": r.k, "m": r.m,
                     "ours_us": r.ours_us, "cublas_bf16_us": r.cublas_us,
                     "ratio_vs_cublas": r.cublas_us / r.ours_us,
+                    "cublas_fp8_us": r.fp8_us, "ratio_vs_cublas_fp8": r.fp8_us.map(|f| f / r.ours_us),
                     "bytes": r.bytes, "fraction_of_copy_bw": r.bytes / (r.ours_us * 1e-6) / r.copy_bw,
                     "copy_bw_bytes_per_s": r.copy_bw, "route": r.route, "plan": r.explain,
                 })
@@ -359,7 +403,7 @@ fn report(
     k: usize,
     m: usize,
     ours: f64,
-    cublas: f64,
+    (cublas, fp8): (f64, Option<f64>),
     bytes: f64,
     copy_bw: f64,
     plan: &GemmPlan,
@@ -378,9 +422,11 @@ fn report(
         }
     };
     println!(
-        "{op:<6} {:>12} {m:>5} {ours:>10.1} {cublas:>10.1} {:>6.2}x {:>8.0} {:>6.2} {:>8.1}  {route}",
+        "{op:<6} {:>12} {m:>5} {ours:>10.1} {cublas:>10.1} {:>6.2}x {:>9} {:>7} {:>8.0} {:>6.2} {:>8.1}  {route}",
         format!("{n}x{k}"),
         cublas / ours,
+        fp8.map_or("-".into(), |f| format!("{f:.1}")),
+        fp8.map_or("-".into(), |f| format!("{:.2}x", f / ours)),
         bw / 1e9,
         bw / copy_bw,
         2.0 * (m * n * k) as f64 / (ours * 1e-6) / 1e12,
@@ -392,6 +438,7 @@ fn report(
         m,
         ours_us: ours,
         cublas_us: cublas,
+        fp8_us: fp8,
         bytes,
         copy_bw,
         route,
