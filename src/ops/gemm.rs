@@ -220,7 +220,8 @@ fn blocks_per_sm(op: GemmOp, tile: GemmTile, cc: (u32, u32)) -> usize {
         (GemmOp::W4A16(_), GemmTile::M16) => 5,
         (GemmOp::W4A4, GemmTile::M16) => 8,
         (_, GemmTile::M64) => 3,
-        // csrc/gemm_w4a16_sm90.cu: 101 KiB of shared memory (Wg64), 133 or 197 KiB (Wg128, Wg256).
+        // Shared memory (nvfp4.h's nvfp4_sm90_launch): 111 KiB for Wg64, two fit the SM's 228 KiB;
+        // 201 and 218 KiB for Wg128 and Wg256.
         (_, GemmTile::Wg64) => 2,
         (_, GemmTile::Wg128 | GemmTile::Wg256) => 1,
     }
