@@ -138,6 +138,8 @@ struct Row {
     copy_bw: f64,
     /// The plan's route and kernel in a few words (the table's last column).
     route: String,
+    /// A `--splits` or `--kernels` row, beside the plan's own choice (left out of the plot).
+    forced: bool,
     explain: String,
 }
 
@@ -322,7 +324,10 @@ pub fn gemm(a: &GemmArgs) -> anyhow::Result<()> {
                 let t = median_us(&dev, &mut flush, a.reps, || {
                     Ok(forced.w4a16(&dev, &s, &act, &w, None, &mut out)?)
                 })?;
-                rows.push(report("W4A16", n, k, m, t, base, bytes, copy_bw, &forced));
+                rows.push(Row {
+                    forced: true,
+                    ..report("W4A16", n, k, m, t, base, bytes, copy_bw, &forced)
+                });
             }
             for (name, kernel, cublas_route) in &forced_kernels {
                 let spec = GemmSpec {
@@ -340,7 +345,10 @@ pub fn gemm(a: &GemmArgs) -> anyhow::Result<()> {
                 let t = median_us(&dev, &mut flush, a.reps, || {
                     Ok(forced.w4a16(&dev, &s, &act, &w, None, &mut out)?)
                 })?;
-                rows.push(report("W4A16", n, k, m, t, base, bytes, copy_bw, &forced));
+                rows.push(Row {
+                    forced: true,
+                    ..report("W4A16", n, k, m, t, base, bytes, copy_bw, &forced)
+                });
             }
             if a4_shapes.contains(&(n, k)) {
                 let aq = quantize("A", &a_host, m, k, &QuantizeOptions::default())?;
@@ -369,7 +377,7 @@ pub fn gemm(a: &GemmArgs) -> anyhow::Result<()> {
                     "ratio_vs_cublas": r.cublas_us / r.ours_us,
                     "cublas_fp8_us": r.fp8_us, "ratio_vs_cublas_fp8": r.fp8_us.map(|f| f / r.ours_us),
                     "bytes": r.bytes, "fraction_of_copy_bw": r.bytes / (r.ours_us * 1e-6) / r.copy_bw,
-                    "copy_bw_bytes_per_s": r.copy_bw, "route": r.route, "plan": r.explain,
+                    "copy_bw_bytes_per_s": r.copy_bw, "route": r.route, "plan": r.explain, "forced": r.forced,
                 })
             })
             .collect();
@@ -442,20 +450,31 @@ fn report(
         bytes,
         copy_bw,
         route,
+        forced: false,
         explain: explain.to_string(),
     }
 }
 
-/// Hand-written SVG: one log-log panel per shape, time against M, ours (W4A16, and W4A4 where timed)
-/// and cuBLAS bf16.
+/// Bytes a baseline moves at the least: bf16 (`elem` = 2) or FP8 (1) operands, a bf16 output.
+fn baseline_bytes(r: &Row, elem: usize) -> f64 {
+    (elem * (r.n * r.k + r.m * r.k) + 2 * r.m * r.n) as f64
+}
+
+/// One plotted line: its colour, and (M, value) points.
+type Series = (&'static str, Vec<(usize, f64)>);
+
+/// Hand-written SVG: per shape (the plan's choices only, not forced rows) two panels against M (log2):
+/// time (log) and the fraction of the copy bandwidth each moves (its least bytes over its time),
+/// for NVFP4 W4A16 (blue), W4A4 (green), cuBLAS bf16 (red) and cuBLASLt FP8 (orange).
 fn svg(rows: &[Row], device: &str) -> String {
+    let rows: Vec<&Row> = rows.iter().filter(|r| !r.forced).collect();
     let mut shapes: Vec<(usize, usize)> = Vec::new();
-    for r in rows {
+    for r in &rows {
         if !shapes.contains(&(r.n, r.k)) {
             shapes.push((r.n, r.k));
         }
     }
-    let (pw, ph, cols) = (320.0, 240.0, 4usize);
+    let (pw, ph, cols) = (320.0, 400.0, 4usize);
     let nrows = shapes.len().div_ceil(cols).max(1);
     let (w, h) = (pw * cols as f64, ph * nrows as f64 + 40.0);
     let mut o = String::new();
@@ -465,74 +484,171 @@ fn svg(rows: &[Row], device: &str) -> String {
     );
     let _ = writeln!(
         o,
-        r#"<rect width="100%" height="100%" fill="white"/><text x="10" y="18" font-size="13">NVFP4 W4A16 (blue), W4A4 (green) vs cuBLAS bf16 (red): time (us, log) against M (log2), {device}</text>"#
+        r#"<rect width="100%" height="100%" fill="white"/><text x="10" y="18" font-size="13">NVFP4 W4A16 (blue), W4A4 (green), cuBLAS bf16 (red), cuBLASLt FP8 (orange) against M (log2), {device}: time (us, log), then fraction of copy bandwidth</text>"#
     );
     for (idx, &(n, k)) in shapes.iter().enumerate() {
         let (x0, y0) = ((idx % cols) as f64 * pw + 45.0, (idx / cols) as f64 * ph + 50.0);
-        let (iw, ih) = (pw - 60.0, ph - 60.0);
-        let rs: Vec<&Row> = rows.iter().filter(|r| (r.n, r.k) == (n, k)).collect();
-        let ts = rs.iter().flat_map(|r| [r.ours_us, r.cublas_us]);
-        let (lo, hi) = ts.fold((f64::MAX, f64::MIN), |(a, b), t| (a.min(t), b.max(t)));
-        let (ylo, yhi) = (
-            lo.log10().floor(),
-            hi.log10().ceil().max(lo.log10().floor() + 1.0),
-        );
-        let mmax = rs.iter().map(|r| r.m).max().unwrap_or(1).max(2) as f64;
-        let px = |m: usize| x0 + (m as f64).log2() / mmax.log2() * iw;
-        let py = |t: f64| y0 + ih - (t.log10() - ylo) / (yhi - ylo) * ih;
-        let _ = writeln!(
-            o,
-            r#"<rect x="{x0}" y="{y0}" width="{iw}" height="{ih}" fill="none" stroke="gray"/><text x="{x0}" y="{}">{n} x {k}</text>"#,
-            y0 - 5.0
-        );
-        let mut d = ylo;
-        while d <= yhi {
-            let _ = writeln!(
-                o,
-                r#"<text x="{}" y="{}" text-anchor="end">{}</text>"#,
-                x0 - 3.0,
-                py(10f64.powf(d)) + 3.0,
-                10f64.powf(d)
-            );
-            d += 1.0;
-        }
-        for r in &rs {
-            if r.op == "W4A16" {
-                let _ = writeln!(
-                    o,
-                    r#"<text x="{}" y="{}" text-anchor="middle">{}</text>"#,
-                    px(r.m),
-                    y0 + ih + 12.0,
-                    r.m
-                );
-            }
-        }
-        for (op, color, cublas) in [
-            ("W4A16", "blue", true),
-            ("W4A16", "blue", false),
-            ("W4A4", "green", false),
-        ] {
-            let pts: Vec<String> = rs
-                .iter()
+        let rs: Vec<&Row> = rows.iter().copied().filter(|r| (r.n, r.k) == (n, k)).collect();
+        let w4a16 = rs.iter().filter(|r| r.op == "W4A16");
+        let frac = |bytes: f64, us: f64, r: &Row| bytes / (us * 1e-6) / r.copy_bw;
+        let series = |f: &dyn Fn(&Row) -> Option<f64>, op: &str| -> Vec<(usize, f64)> {
+            rs.iter()
                 .filter(|r| r.op == op)
-                .map(|r| {
-                    format!(
-                        "{:.1},{:.1}",
-                        px(r.m),
-                        py(if cublas { r.cublas_us } else { r.ours_us })
-                    )
-                })
-                .collect();
-            if !pts.is_empty() {
-                let c = if cublas { "red" } else { color };
-                let _ = writeln!(
-                    o,
-                    r#"<polyline fill="none" stroke="{c}" stroke-width="1.5" points="{}"/>"#,
-                    pts.join(" ")
-                );
-            }
-        }
+                .filter_map(|r| f(r).map(|v| (r.m, v)))
+                .collect()
+        };
+        let times: Vec<Series> = vec![
+            ("blue", series(&|r| Some(r.ours_us), "W4A16")),
+            ("green", series(&|r| Some(r.ours_us), "W4A4")),
+            ("red", w4a16.clone().map(|r| (r.m, r.cublas_us)).collect()),
+            (
+                "orange",
+                w4a16.clone().filter_map(|r| r.fp8_us.map(|f| (r.m, f))).collect(),
+            ),
+        ];
+        let fracs: Vec<Series> = vec![
+            ("blue", series(&|r| Some(frac(r.bytes, r.ours_us, r)), "W4A16")),
+            ("green", series(&|r| Some(frac(r.bytes, r.ours_us, r)), "W4A4")),
+            (
+                "red",
+                w4a16
+                    .clone()
+                    .map(|r| (r.m, frac(baseline_bytes(r, 2), r.cublas_us, r)))
+                    .collect(),
+            ),
+            (
+                "orange",
+                w4a16
+                    .clone()
+                    .filter_map(|r| r.fp8_us.map(|f| (r.m, frac(baseline_bytes(r, 1), f, r))))
+                    .collect(),
+            ),
+        ];
+        let mmax = rs.iter().map(|r| r.m).max().unwrap_or(1).max(2);
+        panel(&mut o, (x0, y0), mmax, &format!("{n} x {k}: us"), &times, true);
+        panel(&mut o, (x0, y0 + ph / 2.0), mmax, "of copy BW", &fracs, false);
     }
     o.push_str("</svg>\n");
     o
+}
+
+/// One panel of [`svg`] at `(x0, y0)`: M on a log2 axis up to `mmax`, values on a log10 axis (`log`)
+/// or linear from 0 (at least to 1).
+fn panel(o: &mut String, (x0, y0): (f64, f64), mmax: usize, title: &str, series: &[Series], log: bool) {
+    let (iw, ih) = (260.0, 140.0);
+    let vals = series
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|&(_, v)| v))
+        .filter(|v| v.is_finite() && *v > 0.0);
+    let (lo, hi) = vals.fold((f64::MAX, f64::MIN), |(a, b), v| (a.min(v), b.max(v)));
+    if lo > hi {
+        return;
+    }
+    let (ylo, yhi) = if log {
+        (
+            lo.log10().floor(),
+            hi.log10().ceil().max(lo.log10().floor() + 1.0),
+        )
+    } else {
+        (0.0, hi.max(1.0))
+    };
+    let fy = |v: f64| if log { v.log10() } else { v };
+    let px = |m: usize| x0 + (m as f64).log2() / (mmax as f64).log2() * iw;
+    let py = |v: f64| y0 + ih - (fy(v) - ylo) / (yhi - ylo) * ih;
+    let _ = writeln!(
+        o,
+        r#"<rect x="{x0}" y="{y0}" width="{iw}" height="{ih}" fill="none" stroke="gray"/><text x="{x0}" y="{}">{title}</text>"#,
+        y0 - 5.0
+    );
+    let ticks: Vec<f64> = if log {
+        (ylo as i32..=yhi as i32).map(|d| 10f64.powi(d)).collect()
+    } else {
+        (0..=(yhi * 4.0).ceil() as i32)
+            .map(|q| f64::from(q) / 4.0)
+            .collect()
+    };
+    for t in ticks {
+        let _ = writeln!(
+            o,
+            r#"<text x="{}" y="{}" text-anchor="end">{t}</text>"#,
+            x0 - 3.0,
+            py(t) + 3.0
+        );
+    }
+    let mut ms: Vec<usize> = series
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|&(m, _)| m))
+        .collect();
+    ms.sort_unstable();
+    ms.dedup();
+    for m in ms {
+        let _ = writeln!(
+            o,
+            r#"<text x="{}" y="{}" text-anchor="middle">{m}</text>"#,
+            px(m),
+            y0 + ih + 12.0
+        );
+    }
+    for (color, pts) in series {
+        if pts.is_empty() {
+            continue;
+        }
+        let pts: Vec<String> = pts
+            .iter()
+            .map(|&(m, v)| format!("{:.1},{:.1}", px(m), py(v)))
+            .collect();
+        let _ = writeln!(
+            o,
+            r#"<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{}"/>"#,
+            pts.join(" ")
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(m: usize, ours: f64, fp8: Option<f64>, forced: bool) -> Row {
+        Row {
+            op: "W4A16",
+            n: 64,
+            k: 128,
+            m,
+            ours_us: ours,
+            cublas_us: 2.0 * ours,
+            fp8_us: fp8,
+            bytes: 1e6,
+            copy_bw: 3e12,
+            route: String::new(),
+            forced,
+            explain: String::new(),
+        }
+    }
+
+    #[test]
+    fn svg_plots_the_plan_rows_and_both_baselines_in_two_panels() {
+        let rows = [
+            row(1, 10.0, Some(15.0), false),
+            row(1, 999.0, None, true),
+            row(16, 12.0, Some(16.0), false),
+            row(256, 40.0, None, false),
+        ];
+        let s = svg(&rows, "test GPU");
+        assert!(s.starts_with("<svg") && s.trim_end().ends_with("</svg>"));
+        // Time and bandwidth panels, each with ours, cuBLAS bf16 and FP8 (W4A4 was not timed).
+        assert_eq!(s.matches("<polyline").count(), 6, "{s}");
+        assert_eq!(s.matches(r#"stroke="orange""#).count(), 2);
+        // The forced row's 999 us stays out: the time axis tops out at 100.
+        assert!(s.contains(">100</text>") && !s.contains(">1000</text>"), "{s}");
+        let blue = s.lines().find(|l| l.contains(r#"stroke="blue""#)).unwrap();
+        assert_eq!(blue.matches(',').count(), 3, "one point per plan row: {blue}");
+    }
+
+    #[test]
+    fn baseline_bytes_count_operands_and_the_bf16_output() {
+        let r = row(2, 1.0, None, false);
+        assert_eq!(baseline_bytes(&r, 2), (2 * (64 * 128 + 2 * 128) + 2 * 2 * 64) as f64);
+        assert_eq!(baseline_bytes(&r, 1), (64 * 128 + 2 * 128 + 2 * 2 * 64) as f64);
+    }
 }
