@@ -66,6 +66,19 @@ fn check_dims(m: usize, n: usize, k: usize) -> Result<()> {
     Ok(())
 }
 
+/// [`Error::Length`] unless A, W and C hold `[m, k]`, `[n, k]` and `[m, n]` elements (`lens` in that order).
+pub(super) fn check_lengths([m, n, k]: [usize; 3], lens: [usize; 3]) -> Result<()> {
+    for ((name, shape), len) in [("A", [m, k]), ("W", [n, k]), ("C", [m, n])]
+        .into_iter()
+        .zip(lens)
+    {
+        if shape[0] * shape[1] != len {
+            return Err(Error::length(name, &shape, shape[0] * shape[1], len));
+        }
+    }
+    Ok(())
+}
+
 /// A cuBLAS handle on one stream computing row-major `C[M, N] = A[M, K] · W[N, K]ᵀ` in bf16 with f32
 /// accumulation (cuBLAS's default compute type for bf16).
 ///
@@ -108,15 +121,7 @@ impl CublasBf16 {
         w: &CudaSlice<bf16>,
         c: &mut CudaSlice<bf16>,
     ) -> Result<()> {
-        for (name, shape, len) in [
-            ("A", [m, k], a.len()),
-            ("W", [n, k], w.len()),
-            ("C", [m, n], c.len()),
-        ] {
-            if shape[0] * shape[1] != len {
-                return Err(Error::length(name, &shape, shape[0] * shape[1], len));
-            }
-        }
+        check_lengths([m, n, k], [a.len(), w.len(), c.len()])?;
         check_dims(m, n, k)?;
         // Column-major view: C^T [n, m] = W [n, k] (stored as k x n, transposed) times A^T [k, m].
         let cfg = GemmConfig {

@@ -14,6 +14,7 @@ use cudarc::cublaslt::{result as lt, sys};
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
 use half::bf16;
 
+use super::blas::check_lengths;
 use super::memory::alloc_zeros;
 use crate::error::{Error, Result};
 
@@ -185,15 +186,7 @@ impl CublasFp8 {
         c: &mut CudaSlice<bf16>,
     ) -> Result<()> {
         let [m, n, k] = self.dims;
-        for (name, shape, len) in [
-            ("A", [m, k], a.len()),
-            ("W", [n, k], w.len()),
-            ("C", [m, n], c.len()),
-        ] {
-            if shape[0] * shape[1] != len {
-                return Err(Error::length(name, &shape, shape[0] * shape[1], len));
-            }
-        }
+        check_lengths(self.dims, [a.len(), w.len(), c.len()])?;
         let s = &self.stream;
         let beta = 0f32;
         let (pa, _ra) = a.device_ptr(s);

@@ -648,7 +648,10 @@ mod tests {
     #[test]
     fn baseline_bytes_count_operands_and_the_bf16_output() {
         let r = row(2, 1.0, None, false);
-        assert_eq!(baseline_bytes(&r, 2), (2 * (64 * 128 + 2 * 128) + 2 * 2 * 64) as f64);
+        assert_eq!(
+            baseline_bytes(&r, 2),
+            (2 * (64 * 128 + 2 * 128) + 2 * 2 * 64) as f64
+        );
         assert_eq!(baseline_bytes(&r, 1), (64 * 128 + 2 * 128 + 2 * 2 * 64) as f64);
     }
 }
