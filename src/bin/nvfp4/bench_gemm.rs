@@ -1,6 +1,7 @@
 //! `nvfp4 bench gemm`: the NVFP4 GEMM kernels against cuBLAS bf16, and cuBLASLt FP8 (E4M3 x E4M3 ->
-//! bf16) where the GPU has it (sm_89 and newer), on the same shapes in the same process, each timing the median of repeated CUDA-event measurements with L2 flushed before each, and
-//! the bandwidth of a device-to-device copy measured in the same run as the memory limit.
+//! bf16) where the GPU has it (sm_89 and newer), on the same shapes in the same process. Each figure is
+//! the median of repeated CUDA-event timings with L2 flushed before each, set against the bandwidth of
+//! a device-to-device copy measured in the same run as the memory limit.
 //!
 //! The flush writes a 256 MiB buffer and then reads it back, so L2 starts each run full of clean lines,
 //! as it is in an engine where the previous layer read its weights. A write alone (`--dirty-flush`, the
