@@ -45,7 +45,8 @@ pub fn cublas_loadable() -> std::result::Result<(), String> {
     }
 }
 
-fn blas_err(context: impl Into<String>) -> impl FnOnce(cudarc::cublas::result::CublasError) -> Error {
+/// Maps a cuBLAS or cuBLASLt status (two types in cudarc) to [`Error::Cublas`] with `context`.
+pub(super) fn blas_err<E: std::fmt::Debug>(context: impl Into<String>) -> impl FnOnce(E) -> Error {
     let context = context.into();
     move |e| Error::Cublas {
         context,

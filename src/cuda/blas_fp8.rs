@@ -14,8 +14,8 @@ use cudarc::cublaslt::{result as lt, sys};
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
 use half::bf16;
 
-use super::blas::check_lengths;
-use super::memory::alloc_zeros;
+use super::blas::{blas_err, check_lengths};
+use super::memory::{alloc_zeros, cuda};
 use crate::error::{Error, Result};
 
 /// Whether libcublasLt can be loaded in this process: `Ok`, or why not (probed once, like
@@ -38,13 +38,6 @@ pub fn cublaslt_loadable() -> std::result::Result<(), String> {
             "libcublasLt was not found by the dynamic loader (tried {})",
             cudarc::get_lib_name_candidates("cublasLt").join(", ")
         ))
-    }
-}
-
-fn lt_err(context: String) -> impl FnOnce(lt::CublasError) -> Error {
-    move |e| Error::Cublas {
-        context,
-        message: format!("{e:?}"),
     }
 }
 
@@ -99,12 +92,13 @@ impl CublasFp8 {
             message,
         })?;
         let what = format!("FP8 GEMM [{m}, {n}, {k}]");
-        stream.context().bind_to_thread().map_err(|e| Error::Cublas {
-            context: what.clone(),
-            message: format!("binding the context: {e:?}"),
-        })?;
+        stream
+            .context()
+            .bind_to_thread()
+            .map_err(cuda(format!("{what}: binding the context")))?;
         let workspace = alloc_zeros::<u8>(stream, "cuBLASLt workspace", 32 << 20)?;
-        let handle = lt::create_handle().map_err(lt_err(format!("{what}: creating a handle")))?;
+        let handle =
+            lt::create_handle().map_err(blas_err::<lt::CublasError>(format!("{what}: creating a handle")))?;
         let mut g = CublasFp8 {
             dims,
             handle,
@@ -119,7 +113,9 @@ impl CublasFp8 {
             sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
             sys::cudaDataType_t::CUDA_R_32F,
         )
-        .map_err(lt_err(format!("{what}: creating the matmul descriptor")))?;
+        .map_err(blas_err::<lt::CublasError>(format!(
+            "{what}: creating the matmul descriptor"
+        )))?;
         // cublasLt.h takes cublas_api.h's cublasOperation_t, which cudarc binds in its cuBLAS module.
         let transa = cudarc::cublas::sys::cublasOperation_t::CUBLAS_OP_T;
         // SAFETY: the descriptor is live; the value is a cublasOperation_t of the size passed.
@@ -131,7 +127,7 @@ impl CublasFp8 {
                 size_of::<cudarc::cublas::sys::cublasOperation_t>(),
             )
         }
-        .map_err(lt_err(format!("{what}: transposing W")))?;
+        .map_err(blas_err::<lt::CublasError>(format!("{what}: transposing W")))?;
         let (m64, n64, k64) = (m as u64, n as u64, k as u64);
         let e4m3 = sys::cudaDataType_t::CUDA_R_8F_E4M3;
         let specs = [
@@ -140,10 +136,13 @@ impl CublasFp8 {
             (sys::cudaDataType_t::CUDA_R_16BF, n64, m64, n as i64, "C"),
         ];
         for (i, (ty, rows, cols, ld, name)) in specs.into_iter().enumerate() {
-            g.layouts[i] = lt::create_matrix_layout(ty, rows, cols, ld)
-                .map_err(lt_err(format!("{what}: the layout of {name}")))?;
+            g.layouts[i] = lt::create_matrix_layout(ty, rows, cols, ld).map_err(
+                blas_err::<lt::CublasError>(format!("{what}: the layout of {name}")),
+            )?;
         }
-        let pref = lt::create_matmul_pref().map_err(lt_err(format!("{what}: creating preferences")))?;
+        let pref = lt::create_matmul_pref().map_err(blas_err::<lt::CublasError>(format!(
+            "{what}: creating preferences"
+        )))?;
         let bytes = g.workspace.len();
         // SAFETY: every handle passed is live (created above, `pref` destroyed right after); the
         // workspace size is a usize as the attribute requires.
@@ -168,7 +167,7 @@ impl CublasFp8 {
             let _ = lt::destroy_matmul_pref(pref);
             r
         }
-        .map_err(lt_err(format!(
+        .map_err(blas_err::<lt::CublasError>(format!(
             "{what}: no cuBLASLt FP8 algorithm (FP8 GEMM needs sm_89 or newer)"
         )))?;
         g.algo = heuristic.algo;
@@ -217,7 +216,7 @@ impl CublasFp8 {
                 s.cu_stream() as sys::cudaStream_t,
             )
         }
-        .map_err(lt_err(format!("FP8 GEMM [{m}, {n}, {k}]")))
+        .map_err(blas_err::<lt::CublasError>(format!("FP8 GEMM [{m}, {n}, {k}]")))
     }
 }
 

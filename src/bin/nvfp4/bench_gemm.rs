@@ -121,6 +121,12 @@ fn bits(n: usize, seed: u64) -> Vec<u16> {
         .collect()
 }
 
+/// An E4M3 byte from the low 8 of 16 random bits, NaN (0x7F, 0xFF) moved to the largest finite magnitude.
+fn fp8_of(r: u16) -> u8 {
+    let b = r as u8;
+    if b & 0x7F == 0x7F { b - 1 } else { b }
+}
+
 /// A bf16 in ±[1/8, 2) from 16 random bits.
 fn bf16_of(r: u16) -> bf16 {
     bf16::from_bits((r & 0x8000) | ((124 + (r & 3)) << 7) | ((r >> 2) & 0x7F))
@@ -263,14 +269,6 @@ pub fn gemm(a: &GemmArgs) -> anyhow::Result<()> {
             1.0 / 64.0,
         )?;
         let w = DeviceNvfp4::upload(&s, &t)?;
-        // E4M3 bytes from the same pool, NaN (0x7F, 0xFF) moved to the largest finite magnitude.
-        let fp8_of = |r: u16| {
-            if r as u8 & 0x7F == 0x7F {
-                r as u8 - 1
-            } else {
-                r as u8
-            }
-        };
         let w_fp8 = if fp8_ok {
             Some(upload(
                 &s,
@@ -490,41 +488,40 @@ fn svg(rows: &[Row], device: &str) -> String {
     for (idx, &(n, k)) in shapes.iter().enumerate() {
         let (x0, y0) = ((idx % cols) as f64 * pw + 45.0, (idx / cols) as f64 * ph + 50.0);
         let rs: Vec<&Row> = rows.iter().copied().filter(|r| (r.n, r.k) == (n, k)).collect();
-        let w4a16 = rs.iter().filter(|r| r.op == "W4A16");
-        let frac = |bytes: f64, us: f64, r: &Row| bytes / (us * 1e-6) / r.copy_bw;
-        let series = |f: &dyn Fn(&Row) -> Option<f64>, op: &str| -> Vec<(usize, f64)> {
-            rs.iter()
-                .filter(|r| r.op == op)
-                .filter_map(|r| f(r).map(|v| (r.m, v)))
+        // Each line: its colour, the rows it is drawn from, its time, and the least bytes it moves.
+        type Line = (
+            &'static str,
+            &'static str,
+            fn(&Row) -> Option<f64>,
+            fn(&Row) -> f64,
+        );
+        let lines: [Line; 4] = [
+            ("blue", "W4A16", |r| Some(r.ours_us), |r| r.bytes),
+            ("green", "W4A4", |r| Some(r.ours_us), |r| r.bytes),
+            ("red", "W4A16", |r| Some(r.cublas_us), |r| baseline_bytes(r, 2)),
+            ("orange", "W4A16", |r| r.fp8_us, |r| baseline_bytes(r, 1)),
+        ];
+        // Times, or (`frac`) the fraction of the copy bandwidth each point moves.
+        let series = |frac: bool| -> Vec<Series> {
+            lines
+                .iter()
+                .map(|&(color, op, time, bytes)| {
+                    let pts = rs.iter().filter(|r| r.op == op).filter_map(|r| {
+                        let us = time(r)?;
+                        Some((
+                            r.m,
+                            if frac {
+                                bytes(r) / (us * 1e-6) / r.copy_bw
+                            } else {
+                                us
+                            },
+                        ))
+                    });
+                    (color, pts.collect())
+                })
                 .collect()
         };
-        let times: Vec<Series> = vec![
-            ("blue", series(&|r| Some(r.ours_us), "W4A16")),
-            ("green", series(&|r| Some(r.ours_us), "W4A4")),
-            ("red", w4a16.clone().map(|r| (r.m, r.cublas_us)).collect()),
-            (
-                "orange",
-                w4a16.clone().filter_map(|r| r.fp8_us.map(|f| (r.m, f))).collect(),
-            ),
-        ];
-        let fracs: Vec<Series> = vec![
-            ("blue", series(&|r| Some(frac(r.bytes, r.ours_us, r)), "W4A16")),
-            ("green", series(&|r| Some(frac(r.bytes, r.ours_us, r)), "W4A4")),
-            (
-                "red",
-                w4a16
-                    .clone()
-                    .map(|r| (r.m, frac(baseline_bytes(r, 2), r.cublas_us, r)))
-                    .collect(),
-            ),
-            (
-                "orange",
-                w4a16
-                    .clone()
-                    .filter_map(|r| r.fp8_us.map(|f| (r.m, frac(baseline_bytes(r, 1), f, r))))
-                    .collect(),
-            ),
-        ];
+        let (times, fracs) = (series(false), series(true));
         let mmax = rs.iter().map(|r| r.m).max().unwrap_or(1).max(2);
         panel(&mut o, (x0, y0), mmax, &format!("{n} x {k}: us"), &times, true);
         panel(&mut o, (x0, y0 + ph / 2.0), mmax, "of copy BW", &fracs, false);
